@@ -1,0 +1,170 @@
+"""Node and pod caches fed by watches; they keep only what scraping and the API use.
+
+Objects are reduced on arrival to `NodeInfo` / `PodInfo` (no managedFields, no
+annotations, no spec), with label strings interned because thousands of pods share them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from metrics_server.models import NodeInfo, PodInfo, PodKey
+
+METRICS_PATH_ANNOTATION = "metrics.k8s.io/resource-metrics-path"
+
+NodeListener = Callable[[str, NodeInfo | None], None]
+"""Called with (name, info) when a node appears or changes, (name, None) when it goes."""
+
+
+def _labels(meta: dict[str, Any]) -> dict[str, str]:
+    raw = meta.get("labels") or {}
+    if not isinstance(raw, dict):
+        return {}
+    intern = sys.intern
+    return {intern(str(k)): intern(str(v)) for k, v in raw.items()}
+
+
+def node_info(obj: dict[str, Any]) -> NodeInfo | None:
+    """Reduce a Node object; None if it has no name."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not name:
+        return None
+    status = obj.get("status") or {}
+    addresses = tuple(
+        (str(a.get("type", "")), str(a.get("address", "")))
+        for a in status.get("addresses") or ()
+        if isinstance(a, dict)
+    )
+    endpoint = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
+    try:
+        port = int(endpoint or 0)
+    except (TypeError, ValueError):
+        port = 0
+    annotations = meta.get("annotations") or {}
+    path = annotations.get(METRICS_PATH_ANNOTATION) if isinstance(annotations, dict) else None
+    return NodeInfo(
+        name=str(name),
+        labels=_labels(meta),
+        addresses=addresses,
+        kubelet_port=port,
+        metrics_path=str(path) if path else None,
+    )
+
+
+class NodeCache:
+    """Nodes selected by `--node-selector`, by name; tells a listener about changes."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeInfo] = {}
+        self._listeners: list[NodeListener] = []
+
+    def subscribe(self, listener: NodeListener) -> None:
+        self._listeners.append(listener)
+        for name, info in self._nodes.items():
+            listener(name, info)
+
+    def _notify(self, name: str, info: NodeInfo | None) -> None:
+        for listener in self._listeners:
+            listener(name, info)
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        fresh = {n.name: n for n in map(node_info, objects) if n is not None}
+        for name in [n for n in self._nodes if n not in fresh]:
+            del self._nodes[name]
+            self._notify(name, None)
+        for name, info in fresh.items():
+            if self._nodes.get(name) != info:
+                self._nodes[name] = info
+                self._notify(name, info)
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        info = node_info(obj)
+        if info is not None and self._nodes.get(info.name) != info:
+            self._nodes[info.name] = info
+            self._notify(info.name, info)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        if name in self._nodes:
+            del self._nodes[name]
+            self._notify(name, None)
+
+    def get(self, name: str) -> NodeInfo | None:
+        return self._nodes.get(name)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def sorted(self) -> list[NodeInfo]:
+        return [self._nodes[k] for k in sorted(self._nodes)]
+
+
+def pod_info(obj: dict[str, Any]) -> PodInfo | None:
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not name or not namespace:
+        return None
+    return PodInfo(
+        namespace=sys.intern(str(namespace)), name=str(name), labels=_labels(meta)
+    )
+
+
+class PodCache:
+    """Running pods' metadata, indexed by namespace for cheap namespaced queries."""
+
+    def __init__(self) -> None:
+        self._by_ns: dict[str, dict[str, PodInfo]] = {}
+        self._count = 0
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        by_ns: dict[str, dict[str, PodInfo]] = {}
+        count = 0
+        for info in map(pod_info, objects):
+            if info is not None:
+                by_ns.setdefault(info.namespace, {})[info.name] = info
+                count += 1
+        self._by_ns, self._count = by_ns, count
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        info = pod_info(obj)
+        if info is None:
+            return
+        pods = self._by_ns.setdefault(info.namespace, {})
+        if info.name not in pods:
+            self._count += 1
+        pods[info.name] = info
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        pods = self._by_ns.get(meta.get("namespace", ""))
+        if pods is not None and pods.pop(meta.get("name", ""), None) is not None:
+            self._count -= 1
+            if not pods:
+                del self._by_ns[meta["namespace"]]
+
+    def get(self, namespace: str, name: str) -> PodInfo | None:
+        pods = self._by_ns.get(namespace)
+        return pods.get(name) if pods is not None else None
+
+    def in_namespace(self, namespace: str) -> Iterable[PodInfo]:
+        """Pods of one namespace, sorted by name."""
+        pods = self._by_ns.get(namespace) or {}
+        return [pods[k] for k in sorted(pods)]
+
+    def all_sorted(self) -> Iterator[PodInfo]:
+        """Every pod, sorted by namespace then name."""
+        for ns in sorted(self._by_ns):
+            pods = self._by_ns[ns]
+            for name in sorted(pods):
+                yield pods[name]
+
+    def keys(self) -> Iterator[PodKey]:
+        for ns, pods in self._by_ns.items():
+            for name in pods:
+                yield (ns, name)
+
+    def __len__(self) -> int:
+        return self._count

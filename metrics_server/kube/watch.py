@@ -1,0 +1,258 @@
+"""List-then-watch loop for one resource, feeding a cache; never ends gracefully.
+
+One `run_watch` per resource: list (paginated) and hand the whole set to the sink, then
+watch from the list's resourceVersion with bookmarks, applying events as they arrive.
+A 410 Gone means our resourceVersion is too old: relist. Any other failure: reconnect
+after a capped, jittered exponential backoff. The sink keeps its contents across
+failures, so a dropped watch never empties a cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import orjson
+import trio
+
+log = logging.getLogger(__name__)
+
+METADATA_LIST_ACCEPT = (
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+METADATA_WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 16, 30)
+"""Reconnect delays; the last repeats. Each gets ±25 % jitter so replicas don't align."""
+LIST_TIMEOUT = 60.0
+WATCH_INACTIVITY_TIMEOUT = 90.0
+"""No byte (not even a bookmark) for this long means the stream is dead."""
+PAGE_SIZE = 500
+
+
+class Sink(Protocol):
+    """What a watch feeds: a cache that understands Kubernetes objects."""
+
+    def replace(self, objects: list[dict[str, Any]]) -> None: ...
+    def upsert(self, obj: dict[str, Any]) -> None: ...
+    def delete(self, obj: dict[str, Any]) -> None: ...
+
+
+class WatchError(Exception):
+    """A list or watch failed; the message says what and where."""
+
+
+class Gone(WatchError):
+    """The resourceVersion expired (HTTP 410): relist."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSpec:
+    """What to list and watch."""
+
+    name: str
+    """Short name for logs and metrics, e.g. "nodes"."""
+    path: str
+    params: Mapping[str, str]
+    metadata_only: bool = False
+
+
+@dataclass(slots=True)
+class WatchStats:
+    """Counters a health check and /metrics read."""
+
+    synced: bool = False
+    restarts: int = 0
+    last_error: str = ""
+    last_event_time: float = 0.0
+
+
+async def run_watch(
+    client: httpx.AsyncClient,
+    spec: WatchSpec,
+    sink: Sink,
+    stats: WatchStats,
+    *,
+    on_restart: Callable[[str], None] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep `sink` in step with the apiserver forever; `started()` after the first list."""
+    attempt = 0
+    started = False
+    resource_version = ""
+    while True:
+        try:
+            if not resource_version:
+                resource_version = await _list(client, spec, sink)
+                stats.synced = True
+                stats.last_error = ""
+                stats.last_event_time = trio.current_time()
+                if not started:
+                    started = True
+                    task_status.started()
+                log.debug("listed %s at resourceVersion %s", spec.name, resource_version)
+            attempt = 0
+            resource_version = await _watch(client, spec, sink, stats, resource_version)
+            # Server closed the stream normally (timeoutSeconds): resume from where we are.
+            continue
+        except Gone:
+            log.info("watch of %s expired (410 Gone); relisting", spec.name)
+            resource_version = ""
+            reason = "expired"
+        except WatchError as exc:
+            stats.last_error = str(exc)
+            reason = "error"
+            log.warning("watch of %s failed: %s", spec.name, exc)
+        stats.restarts += 1
+        if on_restart is not None:
+            on_restart(reason)
+        delay = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
+        attempt += 1
+        await trio.sleep(delay * random.uniform(0.75, 1.25))
+
+
+async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
+    headers = {"Accept": METADATA_LIST_ACCEPT} if spec.metadata_only else {}
+    items: list[dict[str, Any]] = []
+    cont = ""
+    rv = ""
+    with trio.move_on_after(LIST_TIMEOUT) as scope:
+        while True:
+            params = dict(spec.params, limit=str(PAGE_SIZE))
+            if cont:
+                params["continue"] = cont
+            body = await _get_json(client, spec, params, headers)
+            if body.get("kind") == "Status":
+                raise WatchError(f"list {spec.name}: {body.get('message', 'error status')}")
+            page = body.get("items") or []
+            if not isinstance(page, list):
+                raise WatchError(f"list {spec.name}: items is not a list")
+            items.extend(page)
+            meta = body.get("metadata") or {}
+            rv = str(meta.get("resourceVersion", ""))
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                break
+    if scope.cancelled_caught:
+        raise WatchError(f"list {spec.name}: no complete answer within {LIST_TIMEOUT:.0f}s")
+    if not rv:
+        raise WatchError(f"list {spec.name}: answer has no resourceVersion")
+    sink.replace(items)
+    return rv
+
+
+async def _get_json(
+    client: httpx.AsyncClient,
+    spec: WatchSpec,
+    params: Mapping[str, str],
+    headers: Mapping[str, str],
+) -> dict[str, Any]:
+    try:
+        response = await client.get(spec.path, params=params, headers=headers)
+    except httpx.HTTPError as exc:
+        raise WatchError(f"list {spec.name}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code == 410:
+        raise Gone(f"list {spec.name}: 410 Gone")
+    if response.status_code != 200:
+        raise WatchError(
+            f"list {spec.name}: HTTP {response.status_code}: {_status_message(response.content)}"
+        )
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise WatchError(f"list {spec.name}: invalid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise WatchError(f"list {spec.name}: answer is not an object")
+    return body
+
+
+async def _watch(
+    client: httpx.AsyncClient,
+    spec: WatchSpec,
+    sink: Sink,
+    stats: WatchStats,
+    resource_version: str,
+) -> str:
+    params = dict(
+        spec.params,
+        watch="1",
+        resourceVersion=resource_version,
+        allowWatchBookmarks="true",
+        # Spread reconnects: the server ends each watch after 5-10 minutes.
+        timeoutSeconds=str(random.randint(300, 600)),
+    )
+    headers = {"Accept": METADATA_WATCH_ACCEPT} if spec.metadata_only else {}
+    request = client.build_request("GET", spec.path, params=params, headers=headers)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise WatchError(f"watch {spec.name}: {type(exc).__name__}: {exc}") from exc
+    try:
+        if response.status_code == 410:
+            raise Gone(f"watch {spec.name}: 410 Gone")
+        if response.status_code != 200:
+            body = await response.aread()
+            raise WatchError(
+                f"watch {spec.name}: HTTP {response.status_code}: {_status_message(body)}"
+            )
+        buffer = b""
+        chunks = response.aiter_bytes()
+        while True:
+            with trio.move_on_after(WATCH_INACTIVITY_TIMEOUT) as idle:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return resource_version
+            if idle.cancelled_caught:
+                raise WatchError(
+                    f"watch {spec.name}: nothing received for {WATCH_INACTIVITY_TIMEOUT:.0f}s"
+                )
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    resource_version = _apply(spec, sink, line, resource_version)
+                    stats.last_event_time = trio.current_time()
+    except httpx.HTTPError as exc:
+        raise WatchError(f"watch {spec.name}: stream broke: {type(exc).__name__}: {exc}") from exc
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await response.aclose()
+
+
+def _apply(spec: WatchSpec, sink: Sink, line: bytes, resource_version: str) -> str:
+    try:
+        event = orjson.loads(line)
+        kind = event["type"]
+        obj = event["object"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise WatchError(f"watch {spec.name}: malformed event: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise WatchError(f"watch {spec.name}: event object is not an object")
+    if kind == "ERROR":
+        code = obj.get("code")
+        if code == 410:
+            raise Gone(f"watch {spec.name}: {obj.get('message', '410 Gone')}")
+        raise WatchError(f"watch {spec.name}: error event: {obj.get('message', obj)}")
+    new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+    if kind in ("ADDED", "MODIFIED"):
+        sink.upsert(obj)
+    elif kind == "DELETED":
+        sink.delete(obj)
+    elif kind != "BOOKMARK":
+        log.debug("watch %s: ignoring event type %r", spec.name, kind)
+    return new_rv
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = orjson.loads(body)
+        if isinstance(status, dict) and status.get("message"):
+            return str(status["message"])
+    except orjson.JSONDecodeError:
+        pass
+    return body[:200].decode("utf-8", "replace") or "(empty body)"

@@ -1,0 +1,223 @@
+"""One long-lived scrape task per node, each on its own phase within the resolution.
+
+The manager owns a nursery of node tasks. The node cache tells it when a node appears,
+changes or goes; it starts, retargets or cancels that node's task. A task scrapes at once,
+re-scrapes quickly until the store can compute a rate for the node, then settles on
+its phase: `start + phase + k × resolution`, where the phase is derived from the node
+name so that nodes spread evenly over the period and keep their slot across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+import trio
+
+from metrics_server.models import NodeInfo, NodeMetricsBatch
+from metrics_server.scraper.addresses import AddressError, kubelet_url
+from metrics_server.scraper.decode import DecodeError, decode
+from metrics_server.scraper.kubelet import KubeletTransport, ScrapeError
+
+log = logging.getLogger(__name__)
+
+QUICK_RESCRAPE_SECONDS = (1.0, 1.0, 2.0, 2.0, 4.0)
+"""Delays between start-up scrapes until the node has a rate; then the normal period."""
+
+
+class NodeSink(Protocol):
+    """Where scrape results go (the store)."""
+
+    def store_node(self, name: str, batch: NodeMetricsBatch) -> None: ...
+    def drop_node(self, name: str) -> None: ...
+    def has_rate(self, name: str) -> bool: ...
+
+
+ResultHook = Callable[[str, float, ScrapeError | None], None]
+"""Called after each scrape with (node, seconds taken, error or None)."""
+
+
+@dataclass(slots=True)
+class NodeState:
+    """What the manager knows about one node's task."""
+
+    info: NodeInfo
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    last_start: float | None = None
+    """trio clock when the latest scrape began."""
+    last_error: ScrapeError | None = None
+    scrapes: int = 0
+    failures: int = 0
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeSettings:
+    resolution: float
+    """Seconds between scrapes of one node."""
+    preferred_address_types: tuple[str, ...]
+    default_port: int
+    use_node_status_port: bool
+    tls_server_name_from_node: bool
+
+
+class ScrapeManager:
+    """Starts, retargets and cancels the per-node scrape tasks."""
+
+    def __init__(
+        self,
+        settings: ScrapeSettings,
+        transport: KubeletTransport,
+        sink: NodeSink,
+        *,
+        on_result: ResultHook | None = None,
+        on_node_gone: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._sink = sink
+        self._on_result = on_result
+        self._on_node_gone = on_node_gone
+        self._nodes: dict[str, NodeState] = {}
+        self._nursery: trio.Nursery | None = None
+        self._epoch = 0.0
+        self.first_round = trio.Event()
+        """Set once every node known at start has been scraped at least once."""
+        self._first_round_pending: set[str] | None = None
+
+    @property
+    def nodes(self) -> dict[str, NodeState]:
+        return self._nodes
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the node tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._epoch = trio.current_time()
+            task_status.started()
+            await trio.sleep_forever()
+
+    def begin_first_round(self) -> None:
+        """Start counting the first round over the nodes known right now."""
+        self._first_round_pending = set(self._nodes)
+        if not self._first_round_pending:
+            self.first_round.set()
+
+    def on_node(self, name: str, info: NodeInfo | None) -> None:
+        """Node cache listener: a node appeared or changed (info) or went away (None)."""
+        assert self._nursery is not None, "ScrapeManager.run must be started first"
+        state = self._nodes.get(name)
+        if info is None:
+            if state is not None:
+                state.scope.cancel()
+                del self._nodes[name]
+                self._sink.drop_node(name)
+                if self._on_node_gone is not None:
+                    self._on_node_gone(name)
+                self._mark_first_round(name)
+                log.info("node %s is gone; stopped scraping it", name)
+            return
+        if state is not None:
+            state.info = info  # the task reads it before each scrape
+            return
+        state = NodeState(info=info)
+        self._nodes[name] = state
+        self._nursery.start_soon(self._run_node, state, name=f"scrape:{name}")
+
+    def phase(self, name: str) -> float:
+        """This node's offset in [0, resolution), stable for a name."""
+        return (zlib.crc32(name.encode()) / 2**32) * self._settings.resolution
+
+    def _next_slot(self, name: str, now: float) -> float:
+        res = self._settings.resolution
+        first = self._epoch + self.phase(name)
+        if now < first:
+            return first
+        k = int((now - first) // res) + 1
+        return first + k * res
+
+    async def _run_node(self, state: NodeState) -> None:
+        name = state.info.name
+        client = self._transport.client()
+        try:
+            with state.scope:
+                quick = 0
+                while True:
+                    ok = await self._scrape_once(state, client)
+                    now = trio.current_time()
+                    next_slot = self._next_slot(name, now)
+                    if ok and quick < len(QUICK_RESCRAPE_SECONDS) and not self._sink.has_rate(
+                        name
+                    ):
+                        next_at = min(now + QUICK_RESCRAPE_SECONDS[quick], next_slot)
+                        quick += 1
+                    else:
+                        quick = len(QUICK_RESCRAPE_SECONDS)
+                        next_at = next_slot
+                    await trio.sleep_until(next_at)
+        finally:
+            state.done.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await client.aclose()
+
+    async def _scrape_once(self, state: NodeState, client: httpx.AsyncClient) -> bool:
+        info = state.info
+        state.last_start = trio.current_time()
+        started = time.perf_counter()
+        error: ScrapeError | None = None
+        try:
+            url = kubelet_url(
+                info,
+                self._settings.preferred_address_types,
+                self._settings.default_port,
+                self._settings.use_node_status_port,
+            )
+            server_name = info.name if self._settings.tls_server_name_from_node else None
+            response = await self._transport.scrape(client, info.name, url, server_name)
+            try:
+                batch = decode(response.body, response.request_time)
+            except DecodeError as exc:
+                raise ScrapeError(
+                    "decode", f"node {info.name}: kubelet answer is not valid metrics: {exc}"
+                ) from exc
+        except AddressError as exc:
+            error = ScrapeError("address", str(exc))
+        except ScrapeError as exc:
+            error = exc
+        elapsed = time.perf_counter() - started
+        state.scrapes += 1
+        if info.name not in self._nodes:  # deleted while we were scraping
+            return False
+        if error is None:
+            self._sink.store_node(info.name, batch)
+            if state.last_error is not None:
+                log.info("node %s: scraping works again", info.name)
+        else:
+            state.failures += 1
+            self._sink.drop_node(info.name)
+            previous = state.last_error
+            if previous is None or previous.reason != error.reason:
+                log.warning("Failed to scrape node: %s", error)
+        state.last_error = error
+        if self._on_result is not None:
+            self._on_result(info.name, elapsed, error)
+        self._mark_first_round(info.name)
+        return error is None
+
+    def _mark_first_round(self, name: str) -> None:
+        pending = self._first_round_pending
+        if pending is not None and name in pending:
+            pending.discard(name)
+            if not pending:
+                self.first_round.set()
+
+    def oldest_start_age(self) -> float:
+        """Seconds since the least recent scrape start over all nodes (0 if none)."""
+        now = trio.current_time()
+        ages = [now - s.last_start for s in self._nodes.values() if s.last_start is not None]
+        return max(ages, default=0.0)
