@@ -1,0 +1,148 @@
+"""The one seam into Hypercorn: serving our listeners and showing the app each peer certificate.
+
+`hypercorn.trio.serve` builds its own `SSLListener` from `Config.create_ssl_context()` and hides
+the TLS stream from the ASGI app, so it can neither swap contexts at runtime nor report the
+client certificate. `hypercorn.trio.run.worker_serve` is built from pieces that are usable on
+their own: `Lifespan`, `WorkerContext` and `TCPServer(app, config, context, state, stream)`,
+which takes an already wrapped stream and does the handshake itself. `serve_hypercorn` below is
+worker_serve reduced to what we need (no QUIC, no insecure binds, no statsd), with two changes:
+
+* the listeners are ours (`DynamicTLSListener`, current context per accepted connection);
+* each connection's `TCPServer` gets the app wrapped in `TLSScopeApp`, which holds that
+  connection's `SSLStream` and adds the ASGI TLS extension to every http scope:
+  `scope["extensions"]["tls"] = {"server_cert": None, "client_cert_chain": [PEM, ...],
+  "client_cert_name": RFC 4514 subject or None, "client_cert_error": None,
+  "tls_version": 0x0304, "cipher_suite": 0x1301}`.
+
+Nothing in Hypercorn is patched. Only these Hypercorn names are used, and only here:
+`Lifespan`, `TCPServer`, `WorkerContext`, `ConnectionState`, `utils.wrap_app`,
+`utils.raise_shutdown`, `utils.ShutdownError`; an upgrade that moves them breaks loudly at
+import. Python 3.11's ssl exposes only the leaf certificate, so the chain holds one entry.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, cast
+
+import trio
+from cryptography import x509
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ConnectionState, Scope
+from hypercorn.utils import ShutdownError, raise_shutdown, wrap_app
+
+from .tls import cipher_suite_id, tls_version_id
+
+__all__ = ["TLSScopeApp", "serve_hypercorn", "tls_extension"]
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def tls_extension(stream: trio.SSLStream[Any]) -> dict[str, Any]:
+    """The ASGI TLS extension for a stream whose handshake is complete."""
+    der = stream.getpeercert(binary_form=True)
+    chain: list[str] = []
+    name: str | None = None
+    if der:
+        chain.append(ssl.DER_cert_to_PEM_cert(der))
+        try:
+            name = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        except ValueError:
+            name = None
+    cipher = stream.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": name,
+        # OpenSSL already rejected any certificate that failed verification.
+        "client_cert_error": None,
+        "tls_version": tls_version_id(stream.version()),
+        "cipher_suite": cipher_suite_id(cipher[0]) if cipher else None,
+    }
+
+
+class TLSScopeApp:
+    """Hypercorn AppWrapper for one connection: adds that connection's TLS facts to scopes."""
+
+    def __init__(self, app: Any, stream: trio.SSLStream[Any]) -> None:
+        self.app = app
+        self.stream = stream
+        self._tls: dict[str, Any] | None = None
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            if self._tls is None:
+                # Computed once per connection, after TCPServer's handshake.
+                self._tls = tls_extension(self.stream)
+            previous: dict[str, Any] = dict(cast(dict[str, Any], scope).get("extensions") or {})
+            extensions = {**previous, "tls": dict(self._tls)}
+            scope = cast(Scope, {**scope, "extensions": extensions})
+        await self.app(scope, receive, send, sync_spawn, call_soon)
+
+
+async def serve_hypercorn(
+    app: ASGIApp,
+    config: Config,
+    listeners: Sequence[trio.abc.Listener[trio.SSLStream[trio.SocketStream]]],
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the ASGI app on `listeners` until `shutdown_trigger` returns, then drain.
+
+    Shutdown, like Hypercorn's: stop accepting, tell connections to finish (keep-alive ends),
+    cancel whatever is still running after `config.graceful_timeout`, then lifespan shutdown.
+    """
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        server = TCPServer(
+            TLSScopeApp(wrapped, stream),
+            config,
+            context,
+            ConnectionState(lifespan_state.copy()),
+            stream,
+        )
+        await server.run()
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            task_status.started()
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            handler,
+                            list(listeners),
+                            handler_nursery=server_nursery,
+                        )
+                    )
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
