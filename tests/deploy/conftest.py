@@ -45,6 +45,12 @@ def run(argv: Iterable[str | Path], **kwargs: Any) -> subprocess.CompletedProces
     return proc
 
 
+def write_values(path: Path, values: dict[str, Any]) -> None:
+    """Writes a Helm values file. JSON (a subset of YAML) so that every string stays a
+    string: PyYAML would write `y` unquoted, which Helm's YAML 1.1 parser reads as true."""
+    path.write_text(json.dumps(values, indent=2))
+
+
 def load_all(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
@@ -66,14 +72,19 @@ def helm_template(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Calla
     cache: dict[str, list[dict[str, Any]]] = {}
     tmp = tmp_path_factory.mktemp("helm-values")
 
-    def render(values: dict[str, Any] | None = None, *, release: str = "metrics-server",
-               namespace: str = "kube-system") -> list[dict[str, Any]]:
+    def render(
+        values: dict[str, Any] | None = None,
+        *,
+        release: str = "metrics-server",
+        namespace: str = "kube-system",
+    ) -> list[dict[str, Any]]:
         ident = canonical({"v": values or {}, "r": release, "n": namespace})
         if ident not in cache:
             vals = tmp / f"values-{len(cache)}.yaml"
-            vals.write_text(yaml.safe_dump(values or {}))
-            out = run([helm, "template", release, CHART, "--namespace", namespace,
-                       "--values", vals]).stdout
+            write_values(vals, values or {})
+            out = run(
+                [helm, "template", release, CHART, "--namespace", namespace, "--values", vals]
+            ).stdout
             cache[ident] = load_all(out)
         return cache[ident]
 

@@ -18,8 +18,11 @@ SERVER_RULES = [
     {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
 ]
 READER_RULES = [
-    {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"],
-     "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["metrics.k8s.io"],
+        "resources": ["pods", "nodes"],
+        "verbs": ["get", "list", "watch"],
+    },
 ]
 AGGREGATE_LABELS = {
     f"rbac.authorization.k8s.io/aggregate-to-{role}": "true" for role in ("view", "edit", "admin")
@@ -37,8 +40,10 @@ SECURITY_CONTEXT = {
 
 def _canon_rules(rules: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], ...]]:
     return sorted(
-        tuple(tuple(sorted(r.get(k, []))) for k in ("apiGroups", "resources", "verbs",
-                                                     "resourceNames", "nonResourceURLs"))
+        tuple(
+            tuple(sorted(r.get(k, [])))
+            for k in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs")
+        )
         for r in rules
     )
 
@@ -62,8 +67,14 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_rbac(objs: list[dict[str, Any]], *, server_role: str, reader_role: str,
-               sa_name: str, sa_namespace: str) -> None:
+def check_rbac(
+    objs: list[dict[str, Any]],
+    *,
+    server_role: str,
+    reader_role: str,
+    sa_name: str,
+    sa_namespace: str,
+) -> None:
     """ClusterRoles, bindings and the auth-reader RoleBinding exactly as SPEC §8."""
     server = one(objs, "ClusterRole", server_role)
     assert same_rules(server["rules"], SERVER_RULES), server["rules"]

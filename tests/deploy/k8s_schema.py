@@ -33,8 +33,11 @@ def schema_versions() -> list[str]:
 
 
 def _schema_dir(version: str) -> Any:
-    (path,) = (p for p in _SCHEMA_ROOT.iterdir() if p.name.startswith(f"v{version}.")
-               and p.name.endswith("-local-strict"))
+    (path,) = (
+        p
+        for p in _SCHEMA_ROOT.iterdir()
+        if p.name.startswith(f"v{version}.") and p.name.endswith("-local-strict")
+    )
     return path
 
 
