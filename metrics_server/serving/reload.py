@@ -47,12 +47,14 @@ class DynamicServingContext:
         client_ca_pem: Callable[[], bytes],
         *,
         poll_interval: float = 3.0,
+        on_reload: Callable[[str], None] | None = None,
     ) -> None:
         self.cert_file = os.fspath(cert_file)
         self.key_file = os.fspath(key_file)
         self.options = options
         self.client_ca_pem = client_ca_pem
         self.poll_interval = poll_interval
+        self.on_reload = on_reload
         self._ctx: ssl.SSLContext | None = None
         self._keys: tuple[_FileKey | None, _FileKey | None] = (None, None)
         self._ca: bytes = b""
@@ -97,6 +99,8 @@ class DynamicServingContext:
         what = "serving certificate" if keys != self._keys else "client CA bundle"
         log.info("reloaded %s for new connections", what)
         self._install(ctx, keys, ca)
+        if self.on_reload is not None:
+            self.on_reload(what)
         return True
 
     async def wait_generation_above(self, generation: int) -> int:

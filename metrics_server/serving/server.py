@@ -56,6 +56,10 @@ class ServingConfig:
     client_ca_pem: Callable[[], bytes] = field(default=_no_client_cas)
     """Current union of client CA and request-header CA bundles, PEM (`AuthStack.client_ca_pem`).
     Called on every reload tick; must be cheap and non-blocking."""
+    on_tls_reload: Callable[[str], None] | None = None
+    """Called (synchronously, in trio) after new connections start using a reloaded serving
+    certificate ("serving certificate") or client CA bundle ("client CA bundle"); for
+    self-metrics and tests."""
     reload_interval: float = 3.0
     """How often certificate files and client CAs are checked for changes, seconds."""
     keep_alive_timeout: float = 60.0
@@ -140,6 +144,7 @@ async def serve(
         options,
         config.client_ca_pem,
         poll_interval=config.reload_interval,
+        on_reload=config.on_tls_reload,
     )
     await contexts.load()
     transport = await _bind(config.bind_address, config.secure_port)

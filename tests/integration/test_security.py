@@ -41,9 +41,8 @@ def make_app() -> QuartTrio:
     @app.route("/apis/metrics.k8s.io/v1beta1/namespaces/<ns>/pods")
     async def pods(ns: str) -> Any:
         user: UserInfo = request.scope["extensions"]["user"]
-        leaked = sorted(k for k in request.headers.keys() if k.lower().startswith("x-remote")) + (
-            ["authorization"] if "authorization" in request.headers else []
-        )
+        names = [k.lower() for k, _ in request.headers.items()]
+        leaked = sorted(k for k in names if k.startswith("x-remote") or k == "authorization")
         return jsonify(
             {
                 "user": user.name,
@@ -109,6 +108,23 @@ def pki(tmp_path: Path) -> PKI:
 
 
 @dataclass
+class Reloads:
+    """Records TLS reloads reported by serve() and lets a test wait for one."""
+
+    seen: list[str] = field(default_factory=list)
+    event: trio.Event = field(default_factory=trio.Event)
+
+    def __call__(self, what: str) -> None:
+        self.seen.append(what)
+        self.event.set()
+
+    async def wait_for(self, what: str) -> None:
+        while what not in self.seen:
+            await self.event.wait()
+            self.event = trio.Event()
+
+
+@dataclass
 class Running:
     port: int
     pki: PKI
@@ -116,6 +132,7 @@ class Running:
     stack: Any
     cert_file: str
     key_file: str
+    reloads: Reloads
 
     def client(
         self, cert: str | None = None, *, tls_max: ssl.TLSVersion | None = None
@@ -174,6 +191,8 @@ async def running(
         reload_interval=0.05,
         **(serving or {}),
     )
+    reloads = Reloads()
+    cfg = replace(cfg, on_tls_reload=reloads)
     stop = trio.Event()
     async with kube, trio.open_nursery() as nursery:
         await nursery.start(stack.run)
@@ -189,7 +208,7 @@ async def running(
 
         port = await nursery.start(serve_then_stop)
         try:
-            yield Running(port, pki, api, stack, cert_file, key_file)
+            yield Running(port, pki, api, stack, cert_file, key_file, reloads)
         finally:
             stop.set()
             nursery.cancel_scope.deadline = trio.current_time() + 5
@@ -488,12 +507,6 @@ async def test_weak_cipher_list_is_rejected_at_start(pki: PKI) -> None:
             )
 
 
-async def _eventually(check: Callable[[], Any], what: str) -> None:
-    """Retry `check` (async, returns truthy) until it holds; the caller's deadline bounds it."""
-    while not await check():
-        await trio.sleep(0.02)
-
-
 async def test_rotated_client_ca_applies_to_new_connections(pki: PKI) -> None:
     with trio.fail_after(DEADLINE):
         api = FakeApiserver(allowed_users={"alice", "carol"})
@@ -516,15 +529,10 @@ async def test_rotated_client_ca_applies_to_new_connections(pki: PKI) -> None:
             os.replace(tmp, pki.tmp / "client-ca.pem")
             await srv.stack.sources.wait_changed(gen)
 
-            async def carol_ok() -> bool:
-                try:
-                    async with srv.client(new_cert) as c:
-                        r = await c.get(PODS)
-                except httpx.HTTPError:
-                    return False
-                return r.status_code == 200 and r.json()["user"] == "carol"
-
-            await _eventually(carol_ok, "new client CA in use")
+            await srv.reloads.wait_for("client CA bundle")
+            async with srv.client(new_cert) as c:
+                r = await c.get(PODS)
+            assert r.status_code == 200 and r.json()["user"] == "carol"
             assert await _refused(srv, old_cert)
 
 
@@ -554,15 +562,10 @@ async def test_serving_cert_reload_keeps_listener_and_connections(pki: PKI) -> N
             ctx = ssl.create_default_context()
             new_server_ca.configure_trust(ctx)
 
-            async def new_cert_served() -> bool:
-                try:
-                    async with httpx.AsyncClient(verify=ctx) as c:
-                        r = await c.get(f"https://127.0.0.1:{srv.port}/healthz")
-                except httpx.ConnectError:
-                    return False
-                return r.status_code == 200
-
-            await _eventually(new_cert_served, "new serving certificate")
+            await srv.reloads.wait_for("serving certificate")
+            async with httpx.AsyncClient(verify=ctx) as c:
+                r = await c.get(f"https://127.0.0.1:{srv.port}/healthz")
+            assert r.status_code == 200
             # The connection opened before the rotation is still served.
             assert (await old_client.get("/healthz")).status_code == 200
             # And a client trusting only the old CA can no longer connect afresh.
