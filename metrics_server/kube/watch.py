@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 import httpx
 import orjson
@@ -66,6 +66,7 @@ class WatchStats:
     """Counters a health check and /metrics read."""
 
     synced: bool = False
+    synced_event: trio.Event = field(default_factory=trio.Event)
     restarts: int = 0
     last_error: str = ""
     last_event_time: float = 0.0
@@ -89,15 +90,17 @@ async def run_watch(
             if not resource_version:
                 resource_version = await _list(client, spec, sink)
                 stats.synced = True
+                stats.synced_event.set()
                 stats.last_error = ""
                 stats.last_event_time = trio.current_time()
                 if not started:
                     started = True
                     task_status.started()
                 log.debug("listed %s at resourceVersion %s", spec.name, resource_version)
-            attempt = 0
+                attempt = 0
             resource_version = await _watch(client, spec, sink, stats, resource_version)
             # Server closed the stream normally (timeoutSeconds): resume from where we are.
+            attempt = 0
             continue
         except Gone:
             log.info("watch of %s expired (410 Gone); relisting", spec.name)
@@ -191,6 +194,7 @@ async def _watch(
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         raise WatchError(f"watch {spec.name}: {type(exc).__name__}: {exc}") from exc
+    chunks: AsyncGenerator[bytes, None] | None = None
     try:
         if response.status_code == 410:
             raise Gone(f"watch {spec.name}: 410 Gone")
@@ -200,7 +204,7 @@ async def _watch(
                 f"watch {spec.name}: HTTP {response.status_code}: {_status_message(body)}"
             )
         buffer = b""
-        chunks = response.aiter_bytes()
+        chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
         while True:
             with trio.move_on_after(WATCH_INACTIVITY_TIMEOUT) as idle:
                 try:
@@ -221,6 +225,8 @@ async def _watch(
         raise WatchError(f"watch {spec.name}: stream broke: {type(exc).__name__}: {exc}") from exc
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1):
+            if chunks is not None:
+                await chunks.aclose()
             await response.aclose()
 
 

@@ -35,7 +35,7 @@ class NodeSink(Protocol):
 
     def store_node(self, name: str, batch: NodeMetricsBatch) -> None: ...
     def drop_node(self, name: str) -> None: ...
-    def has_rate(self, name: str) -> bool: ...
+    def node_usage(self, name: str) -> object | None: ...
 
 
 ResultHook = Callable[[str, float, ScrapeError | None], None]
@@ -151,9 +151,9 @@ class ScrapeManager:
                     ok = await self._scrape_once(state, client)
                     now = trio.current_time()
                     next_slot = self._next_slot(name, now)
-                    if ok and quick < len(QUICK_RESCRAPE_SECONDS) and not self._sink.has_rate(
+                    if ok and quick < len(QUICK_RESCRAPE_SECONDS) and self._sink.node_usage(
                         name
-                    ):
+                    ) is None:
                         next_at = min(now + QUICK_RESCRAPE_SECONDS[quick], next_slot)
                         quick += 1
                     else:

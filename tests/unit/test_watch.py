@@ -1,0 +1,128 @@
+"""The list/watch loop against a scripted apiserver (httpx.MockTransport, fake clock)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from metrics_server.kube.cache import PodCache
+from metrics_server.kube.watch import WatchSpec, WatchStats, run_watch
+
+
+def pod(name: str, rv: int) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": str(rv)}}
+
+
+def event(kind: str, obj: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": kind, "object": obj}) + b"\n"
+
+
+class ScriptedApiserver:
+    """Answers lists and watches from a script; records what was asked."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.lists = 0
+        self.watches = 0
+        self.final_watch = trio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        params = request.url.params
+        if params.get("watch") != "1":
+            self.lists += 1
+            if self.lists == 1:
+                body = {"metadata": {"resourceVersion": "10"}, "items": [pod("a", 5)]}
+            elif self.lists == 2:
+                return httpx.Response(500, json={"kind": "Status", "message": "etcd down"})
+            else:
+                body = {
+                    "metadata": {"resourceVersion": "20"},
+                    "items": [pod("a", 5), pod("b", 11), pod("c", 19)],
+                }
+            return httpx.Response(200, json=body)
+        self.watches += 1
+        if self.watches == 1:
+            assert params["resourceVersion"] == "10"
+            return httpx.Response(200, content=self._stream([event("ADDED", pod("b", 11))]))
+        if self.watches == 2:
+            # Resumed from the last event's resourceVersion, then told it is too old.
+            assert params["resourceVersion"] == "11"
+            status = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+            return httpx.Response(200, content=self._stream([event("ERROR", status)]))
+        assert params["resourceVersion"] == "20"
+        self.final_watch.set()
+        return httpx.Response(200, content=self._stream([], hang=True))
+
+    async def _stream(self, chunks: list[bytes], hang: bool = False) -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+        if hang:
+            await trio.sleep_forever()
+
+
+async def test_list_watch_resume_relist_and_keep_cache(autojump_clock: trio.abc.Clock) -> None:
+    server = ScriptedApiserver()
+    cache = PodCache()
+    stats = WatchStats()
+    restarts: list[str] = []
+    spec = WatchSpec("pods", "/api/v1/pods", {"fieldSelector": "status.phase=Running"}, True)
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(server.handle), base_url="https://api"
+    ) as client:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_watch(
+                    client, spec, cache, stats, on_restart=restarts.append, task_status=task_status
+                )
+            )
+            assert stats.synced
+            with trio.fail_after(600):
+                await server.final_watch.wait()
+            nursery.cancel_scope.cancel()
+    assert sorted(p.name for p in cache.all_sorted()) == ["a", "b", "c"]
+    # 410 → relist; failed relist (500) → backoff and retry; the cache was never emptied.
+    assert restarts == ["expired", "error"]
+    assert stats.last_error == ""  # cleared by the successful relist
+    first = server.requests[0]
+    assert first.headers["accept"].startswith("application/json;as=PartialObjectMetadataList")
+    assert first.url.params["fieldSelector"] == "status.phase=Running"
+    watch = next(r for r in server.requests if r.url.params.get("watch") == "1")
+    assert watch.url.params["allowWatchBookmarks"] == "true"
+    assert watch.headers["accept"].startswith("application/json;as=PartialObjectMetadata;")
+
+
+async def test_cache_survives_when_apiserver_fails(autojump_clock: trio.abc.Clock) -> None:
+    calls = 0
+    gave_up = trio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(
+                200, json={"metadata": {"resourceVersion": "1"}, "items": [pod("a", 1)]}
+            )
+        if calls > 6:
+            gave_up.set()
+        raise httpx.ConnectError("connection refused")
+
+    cache = PodCache()
+    stats = WatchStats()
+    spec = WatchSpec("pods", "/api/v1/pods", {}, True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="https://api") as c:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: run_watch(c, spec, cache, stats, task_status=task_status))
+            start = trio.current_time()
+            await gave_up.wait()
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    assert len(cache) == 1  # a dead apiserver never empties the cache
+    assert stats.restarts >= 5
+    assert "connection refused" in stats.last_error
+    # Backoff grows: 5 retries take at least 0.375+0.75+1.5+3+6 s (lower jitter bound).
+    assert elapsed >= 11
