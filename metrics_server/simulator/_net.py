@@ -27,7 +27,7 @@ ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
 class RestartableListener:
     """Accepts connections on 127.0.0.1:`port` and hands each to `handler` in its own task."""
 
-    __slots__ = ("_handler", "_nursery", "_scope", "_sock", "host", "port")
+    __slots__ = ("_conns", "_handler", "_nursery", "_scope", "_sock", "host", "port")
 
     def __init__(
         self, nursery: trio.Nursery, handler: ConnectionHandler, *, host: str = "127.0.0.1",
@@ -39,6 +39,7 @@ class RestartableListener:
         self.port = port
         self._sock: trio.socket.SocketType | None = None
         self._scope: trio.CancelScope | None = None
+        self._conns: set[trio.SocketStream] = set()
 
     @property
     def running(self) -> bool:
@@ -68,9 +69,21 @@ class RestartableListener:
         if self._sock is not None:
             # trio's close() wakes the task blocked in accept() with ClosedResourceError.
             self._sock.close()
+        # Close the sockets now rather than when the cancelled tasks next run, so a client that
+        # calls right after stop() already sees the connection gone.
+        for conn in self._conns:
+            conn.socket.close()
+        self._conns.clear()
         if self._scope is not None:
             self._scope.cancel()
         self._sock = self._scope = None
+
+    async def _track(self, conn: trio.SocketStream) -> None:
+        self._conns.add(conn)
+        try:
+            await self._handler(conn)
+        finally:
+            self._conns.discard(conn)
 
     async def _serve(self, sock: trio.socket.SocketType, scope: trio.CancelScope) -> None:
         with scope:
@@ -87,7 +100,7 @@ class RestartableListener:
                                 await trio.sleep(0.1)
                                 continue
                             raise
-                        connections.start_soon(self._handler, trio.SocketStream(conn))
+                        connections.start_soon(self._track, trio.SocketStream(conn))
                 finally:
                     sock.close()
                     # Closing the listener also ends the connections, like a dying process.
