@@ -78,7 +78,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         },
     },
     "custom": {
-        "args": ["--kubelet-insecure-tls", "--v=2", "--kubelet-tls-server-name-from-node"],
+        "args": ["--kubelet-tls-server-name-from-node", "--v=2", "--kubelet-request-timeout=5s"],
         "image": {"repository": "registry.example/ms", "tag": "dev", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
@@ -118,7 +118,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import trustme  # noqa: PLC0415
+    import trustme
 
     return trustme.CA().cert_pem.bytes().decode()
 
@@ -422,6 +422,17 @@ def test_custom_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert svc["metadata"]["labels"]["kubernetes.io/cluster-service"] == "true"
     assert ex.one(objs, "APIService")["metadata"]["annotations"] == {"x": "y"}
     assert all(o["metadata"]["labels"]["owner"] == "platform" for o in objs)
+
+
+def test_rendered_args_are_accepted_by_the_server(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from metrics_server.cli import parse_options
+
+    for name, objs in rendered.items():
+        args = ex.container(ex.one(objs, "Deployment"))["args"]
+        parse_options(args)  # raises FlagError naming the flag
+        assert name
 
 
 def test_switches_off(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -152,6 +152,15 @@ def test_test_overlay_only_adds_insecure_tls(rendered: dict[str, list[dict[str, 
         assert obj == release[k], k
 
 
+def test_rendered_args_are_accepted_by_the_server(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from metrics_server.cli import parse_options
+
+    for objs in rendered.values():
+        parse_options(ex.container(ex.one(objs, "Deployment"))["args"])
+
+
 def test_image_is_one_kustomize_images_entry(kubectl: Path, tmp_path: Path) -> None:
     base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert base["images"] == [{"name": IMAGE, "newTag": "v0.1.0"}]
