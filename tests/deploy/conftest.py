@@ -24,14 +24,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def kubectl() -> Path:
-    from metrics_server.simulator.kubectl import kubectl_path  # noqa: PLC0415
+    from metrics_server.simulator.kubectl import kubectl_path
 
     return kubectl_path()
 
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    from metrics_server.simulator.kubectl import helm_path  # noqa: PLC0415
+    from metrics_server.simulator.kubectl import helm_path
 
     return helm_path()
 
