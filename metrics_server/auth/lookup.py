@@ -232,7 +232,9 @@ class ConfigMapWatcher:
             "resourceVersion": rv,
             "timeoutSeconds": "300",
         }
-        async with self.client.stream("GET", _LIST_PATH, params=params) as resp:
+        # The client's read timeout would cut a quiet watch; our inactivity bound replaces it.
+        timeout = httpx.Timeout(self.request_timeout, read=None)
+        async with self.client.stream("GET", _LIST_PATH, params=params, timeout=timeout) as resp:
             if resp.status_code == 410:
                 raise _Gone
             if resp.status_code != 200:

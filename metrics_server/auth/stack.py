@@ -59,10 +59,19 @@ def build_auth_stack(
     config: AuthConfig,
     client: httpx.AsyncClient | None,
     *,
+    authorization_client: httpx.AsyncClient | None = None,
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], datetime.datetime] = _utcnow,
 ) -> AuthStack:
-    """`client`: an AsyncClient with kube-apiserver base_url, CA and credentials, or None."""
+    """Assemble the auth layer (no I/O).
+
+    `client`: an AsyncClient with kube-apiserver base_url, CA and credentials (from
+    --authentication-kubeconfig or in-cluster), used for the ConfigMap and TokenReviews; None
+    means no cluster access (tokens are refused, only always-allowed paths pass).
+    `authorization_client`: the same for SubjectAccessReviews (--authorization-kubeconfig);
+    defaults to `client`.
+    """
+    authz_client = authorization_client if authorization_client is not None else client
     sources = AuthSources(config)
     watcher = ConfigMapWatcher(client, sources)
     reviewer = (
@@ -77,13 +86,13 @@ def build_auth_stack(
     )
     sar = (
         SubjectAccessReviewer(
-            client,
+            authz_client,
             allowed_ttl=config.authorization_cache_authorized_ttl,
             denied_ttl=config.authorization_cache_unauthorized_ttl,
             timeout=config.authorization_timeout,
             clock=clock,
         )
-        if client is not None
+        if authz_client is not None
         else None
     )
     return AuthStack(

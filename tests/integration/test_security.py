@@ -585,3 +585,86 @@ async def test_http2_carries_the_tls_extension(pki: PKI) -> None:
                 r = await c.get(f"https://127.0.0.1:{srv.port}{PODS}")
             assert r.http_version == "HTTP/2"
             assert r.status_code == 200 and r.json()["user"] == "alice"
+
+
+async def test_through_the_simulated_apiserver_and_aggregator(tmp_path: Path) -> None:
+    """ConfigMap lookup, TokenReview, SubjectAccessReview and the front proxy, all real HTTP."""
+    from metrics_server.simulator import ClusterConfig, open_cluster
+
+    with trio.fail_after(40):
+        async with open_cluster(ClusterConfig(nodes=1, pods_per_node=1)) as cluster:
+            ca = ssl.create_default_context(cafile=str(cluster.ca_file))
+            kube = httpx.AsyncClient(
+                base_url=cluster.apiserver_url,
+                verify=ca,
+                headers={"Authorization": f"Bearer {cluster.metrics_server_token}"},
+            )
+            # Nothing from flags: both CAs and the request-header settings come from the
+            # cluster's extension-apiserver-authentication ConfigMap.
+            stack = build_auth_stack(AuthConfig(), kube)
+            cfg = ServingConfig(
+                bind_address="127.0.0.1",
+                secure_port=0,
+                tls_cert_file=str(cluster.metrics_server_cert_file),
+                tls_private_key_file=str(cluster.metrics_server_key_file),
+                client_ca_pem=stack.client_ca_pem,
+                graceful_timeout=1.0,
+            )
+            stop = trio.Event()
+            async with kube, trio.open_nursery() as nursery:
+                await nursery.start(stack.run)
+                rh = stack.sources.snapshot().request_header
+                assert rh is not None and rh.allowed_names == ("front-proxy-client",)
+
+                async def serve_then_stop(*, task_status: trio.TaskStatus[int]) -> None:
+                    await serve(
+                        stack.middleware(make_app()),
+                        cfg,
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                    )
+                    nursery.cancel_scope.cancel()
+
+                port = await nursery.start(serve_then_stop)
+                ours = f"https://127.0.0.1:{port}"
+                cluster.set_metrics_server(ours)
+                try:
+                    # Through kube-apiserver's aggregator: front-proxy cert + X-Remote-*.
+                    async with httpx.AsyncClient(
+                        base_url=cluster.apiserver_url,
+                        verify=ca,
+                        headers={
+                            "Authorization": f"Bearer {cluster.viewer_token}",
+                            "X-Remote-User": "system:admin",  # stripped by the aggregator
+                        },
+                    ) as via:
+                        r = await via.get(PODS)
+                    assert r.status_code == 200, r.text
+                    body = r.json()
+                    assert (body["user"], body["by"]) == ("viewer", "request-header")
+                    assert "system:authenticated" in body["groups"]
+                    assert body["leaked_headers"] == []
+
+                    async with httpx.AsyncClient(base_url=ours, verify=ca) as direct:
+                        r = await direct.get(
+                            PODS, headers={"Authorization": f"Bearer {cluster.viewer_token}"}
+                        )
+                        assert r.status_code == 200 and r.json()["by"] == "token"
+                        r = await direct.get(
+                            PODS, headers={"Authorization": f"Bearer {cluster.nobody_token}"}
+                        )
+                        assert r.status_code == 403
+                        assert _status(r)["message"].startswith(
+                            'pods.metrics.k8s.io is forbidden: User "nobody" cannot list '
+                            'resource "pods" in API group "metrics.k8s.io" in the namespace '
+                            '"default"'
+                        )
+                        r = await direct.get(PODS, headers={"Authorization": "Bearer nope"})
+                        assert r.status_code == 401
+                        r = await direct.get(PODS, headers={"X-Remote-User": "system:admin"})
+                        assert r.status_code == 403
+                        assert 'User "system:anonymous"' in _status(r)["message"]
+                finally:
+                    cluster.set_metrics_server(None)
+                    stop.set()
+                    nursery.cancel_scope.deadline = trio.current_time() + 5
