@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
 import trio
@@ -19,6 +20,7 @@ import trio
 from metrics_server.api.app import AppParts, create_app
 from metrics_server.api.metrics import MetricsAPI
 from metrics_server.auth.config import AuthConfig
+from metrics_server.auth.middleware import ASGIApp
 from metrics_server.auth.stack import build_auth_stack
 from metrics_server.cli import Options
 from metrics_server.health import HealthCheck, HealthEndpoint
@@ -26,7 +28,7 @@ from metrics_server.kube import credentials
 from metrics_server.kube.cache import NodeCache, PodCache
 from metrics_server.kube.credentials import ClusterAccess
 from metrics_server.kube.watch import WatchSpec, WatchStats, run_watch
-from metrics_server.scraper.kubelet import KubeletTransport
+from metrics_server.scraper.kubelet import KubeletTransport, ScrapeError
 from metrics_server.scraper.nodes import ScrapeManager, ScrapeSettings
 from metrics_server.selfmetrics import SelfMetrics
 from metrics_server.serving.server import ServingConfig, serve
@@ -51,6 +53,25 @@ class Daemon:
     shutting_down: bool = False
     port: int = 0
     stop: trio.Event = field(default_factory=trio.Event)
+    ready: trio.Event = field(default_factory=trio.Event)
+    """Set the first time the store has metrics to serve."""
+
+    changes: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    """Woken after every scrape result and every watch event."""
+
+    def changed(self) -> None:
+        self.changes.unpark_all()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds, re-checking after each scrape or watch event."""
+        while not predicate():
+            await self.changes.park()
+
+    def after_scrape(self, node: str, seconds: float, error: ScrapeError | None) -> None:
+        if not self.ready.is_set() and self.store.ready():
+            self.ready.set()
+            log.info("metrics are ready to serve")
+        self.changed()
 
     # -- health checks (SPEC §6) -----------------------------------------------------
 
@@ -193,11 +214,15 @@ async def run(
         ),
         transport,
         store,
-        on_result=selfmetrics.observe_scrape,
+        on_result=lambda node, seconds, error: _after_scrape(node, seconds, error),  # noqa: PLW0108
         on_node_gone=selfmetrics.forget_node,
     )
     daemon = Daemon(options=options, store=store, nodes=nodes, pods=pods, manager=manager)
     selfmetrics.bind(daemon)
+
+    def _after_scrape(node: str, seconds: float, error: ScrapeError | None) -> None:
+        selfmetrics.observe_scrape(node, seconds, error)
+        daemon.after_scrape(node, seconds, error)
 
     api = MetricsAPI(store, nodes, pods, options.node_selector)
     app = create_app(AppParts(api=api, health=daemon.health(), metrics_text=selfmetrics.render))
@@ -210,7 +235,7 @@ async def run(
     ):
         stack = build_auth_stack(auth_config(options), authn_client)
         await root.start(stack.run)
-        secured = stack.middleware(app)
+        secured = stack.middleware(cast(ASGIApp, app))
         serving_done = trio.Event()
 
         async def shutdown_trigger() -> None:
@@ -236,12 +261,13 @@ async def run(
         pod_spec = WatchSpec(
             "pods", "/api/v1/pods", {"fieldSelector": "status.phase=Running"}, metadata_only=True
         )
-        root.start_soon(
-            _watch, client, node_spec, nodes, daemon.node_watch, selfmetrics, name="watch:nodes"
-        )
-        root.start_soon(
-            _watch, client, pod_spec, pods, daemon.pod_watch, selfmetrics, name="watch:pods"
-        )
+        for spec, sink, stats in (
+            (node_spec, nodes, daemon.node_watch),
+            (pod_spec, pods, daemon.pod_watch),
+        ):
+            root.start_soon(
+                _watch, client, spec, sink, stats, daemon, selfmetrics, name=f"watch:{spec.name}"
+            )
         root.start_soon(_startup_report, daemon, name="startup-report")
         if handle_signals:
             root.start_soon(_signals, daemon, root.cancel_scope, name="signals")
@@ -261,6 +287,7 @@ async def _watch(
     spec: WatchSpec,
     sink: NodeCache | PodCache,
     stats: WatchStats,
+    daemon: Daemon,
     selfmetrics: SelfMetrics,
 ) -> None:
     await run_watch(
@@ -269,6 +296,7 @@ async def _watch(
         sink,
         stats,
         on_restart=lambda reason: selfmetrics.watch_restart(spec.name, reason),
+        on_change=daemon.changed,
     )
 
 
@@ -296,8 +324,7 @@ async def _startup_report(daemon: Daemon) -> None:
 
 
 HINTS = {
-    "tls_no_ip_san": "No IP SAN: use --kubelet-tls-server-name-from-node "
-    "or Hostname addresses.",
+    "tls_no_ip_san": "No IP SAN: use --kubelet-tls-server-name-from-node or Hostname addresses.",
     "tls_unknown_ca": "Untrusted kubelet certificates: set --kubelet-certificate-authority.",
     "timeout": "Timeouts: check kubelet load and network policy to port 10250.",
     "connect": "Connection failures: check the node address type and firewall.",

@@ -6,6 +6,7 @@ node goes away, so a cluster with churn does not grow /metrics forever.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -110,15 +111,11 @@ class SelfMetrics:
 
     def forget_node(self, node: str) -> None:
         for metric in (self.request_duration, self.last_request):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(node)
-            except KeyError:
-                pass
         for reason in self._failure_reasons.pop(node, ()):
-            try:
+            with contextlib.suppress(KeyError):
                 self.scrape_failures.remove(node, reason)
-            except KeyError:
-                pass
 
     def watch_restart(self, resource: str, reason: str) -> None:
         self.watch_restarts.labels(resource, reason).inc()

@@ -107,9 +107,9 @@ def load(kubeconfig: str) -> ClusterAccess:
     cfg = kclient.Configuration()
     try:
         if kubeconfig:
-            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            kconfig.load_incluster_config(client_configuration=cfg)
+            kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except kconfig.ConfigException as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
         raise CredentialsError(f"cannot load {where}: {exc}") from None

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 METADATA_LIST_ACCEPT = (
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 )
-METADATA_WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+METADATA_WATCH_ACCEPT = (
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+)
 
 BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 16, 30)
 """Reconnect delays; the last repeats. Each gets ±25 % jitter so replicas don't align."""
@@ -79,6 +81,7 @@ async def run_watch(
     stats: WatchStats,
     *,
     on_restart: Callable[[str], None] | None = None,
+    on_change: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep `sink` in step with the apiserver forever; `started()` after the first list."""
@@ -91,6 +94,8 @@ async def run_watch(
                 resource_version = await _list(client, spec, sink)
                 stats.synced = True
                 stats.synced_event.set()
+                if on_change is not None:
+                    on_change()
                 stats.last_error = ""
                 stats.last_event_time = trio.current_time()
                 if not started:
@@ -98,7 +103,9 @@ async def run_watch(
                     task_status.started()
                 log.debug("listed %s at resourceVersion %s", spec.name, resource_version)
                 attempt = 0
-            resource_version = await _watch(client, spec, sink, stats, resource_version)
+            resource_version = await _watch(
+                client, spec, sink, stats, resource_version, on_change
+            )
             # Server closed the stream normally (timeoutSeconds): resume from where we are.
             attempt = 0
             continue
@@ -179,6 +186,7 @@ async def _watch(
     sink: Sink,
     stats: WatchStats,
     resource_version: str,
+    on_change: Callable[[], None] | None,
 ) -> str:
     params = dict(
         spec.params,
@@ -221,6 +229,8 @@ async def _watch(
                 if line.strip():
                     resource_version = _apply(spec, sink, line, resource_version)
                     stats.last_event_time = trio.current_time()
+                    if on_change is not None:
+                        on_change()
     except httpx.HTTPError as exc:
         raise WatchError(f"watch {spec.name}: stream broke: {type(exc).__name__}: {exc}") from exc
     finally:

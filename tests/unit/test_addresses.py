@@ -10,7 +10,9 @@ from metrics_server.scraper.addresses import AddressError, kubelet_url
 ADDRS = (("Hostname", "n1"), ("InternalIP", "10.0.0.5"), ("ExternalIP", "1.2.3.4"))
 
 
-def node(addresses: tuple[tuple[str, str], ...] = ADDRS, port: int = 0, path: str | None = None) -> NodeInfo:
+def node(
+    addresses: tuple[tuple[str, str], ...] = ADDRS, port: int = 0, path: str | None = None
+) -> NodeInfo:
     return NodeInfo("n1", {}, addresses, port, path)
 
 
@@ -40,5 +42,7 @@ def test_annotation_overrides_path() -> None:
 
 
 def test_no_matching_address_names_node_and_types() -> None:
-    with pytest.raises(AddressError, match=r"node n1 has no address of type InternalDNS.*Hostname=n1"):
+    with pytest.raises(
+        AddressError, match=r"node n1 has no address of type InternalDNS.*Hostname=n1"
+    ):
         kubelet_url(node(), ["InternalDNS"], 10250, False)

@@ -71,19 +71,21 @@ async def test_list_watch_resume_relist_and_keep_cache(autojump_clock: trio.abc.
     stats = WatchStats()
     restarts: list[str] = []
     spec = WatchSpec("pods", "/api/v1/pods", {"fieldSelector": "status.phase=Running"}, True)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(server.handle), base_url="https://api"
-    ) as client:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: run_watch(
-                    client, spec, cache, stats, on_restart=restarts.append, task_status=task_status
-                )
+    async with (
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(server.handle), base_url="https://api"
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(
+            lambda task_status: run_watch(
+                client, spec, cache, stats, on_restart=restarts.append, task_status=task_status
             )
-            assert stats.synced
-            with trio.fail_after(600):
-                await server.final_watch.wait()
-            nursery.cancel_scope.cancel()
+        )
+        assert stats.synced
+        with trio.fail_after(600):
+            await server.final_watch.wait()
+        nursery.cancel_scope.cancel()
     assert sorted(p.name for p in cache.all_sorted()) == ["a", "b", "c"]
     # 410 → relist; failed relist (500) → backoff and retry; the cache was never emptied.
     assert restarts == ["expired", "error"]
@@ -114,13 +116,17 @@ async def test_cache_survives_when_apiserver_fails(autojump_clock: trio.abc.Cloc
     cache = PodCache()
     stats = WatchStats()
     spec = WatchSpec("pods", "/api/v1/pods", {}, True)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="https://api") as c:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: run_watch(c, spec, cache, stats, task_status=task_status))
-            start = trio.current_time()
-            await gave_up.wait()
-            elapsed = trio.current_time() - start
-            nursery.cancel_scope.cancel()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="https://api") as c,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(
+            lambda task_status: run_watch(c, spec, cache, stats, task_status=task_status)
+        )
+        start = trio.current_time()
+        await gave_up.wait()
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
     assert len(cache) == 1  # a dead apiserver never empties the cache
     assert stats.restarts >= 5
     assert "connection refused" in stats.last_error

@@ -1,0 +1,161 @@
+"""The real kubectl (v1.35) against the simulator, aggregated to this metrics server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from metrics_server.daemon import Daemon
+from metrics_server.simulator import ClusterConfig, open_cluster
+from metrics_server.simulator._cluster import Cluster
+from metrics_server.simulator.kubectl import kubectl_path
+from tests.harness import parse_cpu, parse_memory, running_daemon
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    return kubectl_path()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Daemon]]:
+    config = ClusterConfig(nodes=3, pods_per_node=5, kubelet_refresh=0.5, seed=7)
+    async with open_cluster(config) as cluster, running_daemon(cluster, tmp_path) as d:
+        with trio.fail_after(20):
+            await d.wait_for(lambda: d.store.nodes_with_usage() == len(cluster.node_names()))
+        yield cluster, d
+
+
+async def run_kubectl(kubectl: Path, cluster: Cluster, *args: str) -> str:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [str(kubectl), "--kubeconfig", str(cluster.kubeconfig_path), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr.decode()}"
+    return out
+
+
+def table(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = lines[0].split()
+    return [dict(zip(header, line.split(), strict=True)) for line in lines[1:]]
+
+
+def millicores_match(shown: str, nanocores: int) -> bool:
+    assert shown.endswith("m") or shown.isdigit()
+    got = parse_cpu(shown) / 1e6
+    want = nanocores / 1e6
+    # kubectl rounds up to whole millicores; otherwise within 2 %.
+    return abs(got - want) <= max(0.02 * want, 1.0)
+
+
+def mebibytes(nbytes: int) -> str:
+    return f"{nbytes // (1 << 20)}Mi"
+
+
+async def test_top_nodes(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    rows = table(await run_kubectl(kubectl, cluster, "top", "nodes"))
+    assert sorted(r["NAME"] for r in rows) == sorted(cluster.node_names())
+    for row in rows:
+        cpu, memory = cluster.truth_node(row["NAME"])
+        assert millicores_match(row["CPU(cores)"], cpu), (row, cpu)
+        assert row["MEMORY(bytes)"] == mebibytes(memory)
+        assert row["CPU(%)"].endswith("%") and row["MEMORY(%)"].endswith("%")
+
+
+async def test_top_pods_all_namespaces(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    rows = table(await run_kubectl(kubectl, cluster, "top", "pods", "-A"))
+    expected = {key for node in cluster.node_names() for key in cluster.pod_keys(node)}
+    assert {(r["NAMESPACE"], r["NAME"]) for r in rows} == expected
+    for row in rows:
+        truth = cluster.truth_pod(row["NAMESPACE"], row["NAME"])
+        cpu = sum(c for c, _ in truth.values())
+        memory = sum(m for _, m in truth.values())
+        # kubectl sums container quantities, then rounds.
+        assert millicores_match(row["CPU(cores)"], cpu), (row, cpu)
+        assert row["MEMORY(bytes)"] == mebibytes(memory)
+
+
+async def test_top_pod_containers(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    ns, name = cluster.pod_keys("node-1")[0]
+    rows = table(await run_kubectl(kubectl, cluster, "top", "pod", name, "-n", ns, "--containers"))
+    truth = cluster.truth_pod(ns, name)
+    assert {r["NAME"] for r in rows} == set(truth)
+    for row in rows:
+        assert row["POD"] == name
+        cpu, memory = truth[row["NAME"]]
+        assert millicores_match(row["CPU(cores)"], cpu)
+        assert row["MEMORY(bytes)"] == mebibytes(memory)
+
+
+async def test_top_pods_label_selector(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, d = served
+    ns, name = cluster.pod_keys("node-2")[0]
+    info = d.pods.get(ns, name)
+    assert info is not None and info.labels
+    key, value = sorted(info.labels.items())[0]
+    rows = table(
+        await run_kubectl(kubectl, cluster, "top", "pods", "-n", ns, "-l", f"{key}={value}")
+    )
+    want = {p.name for p in d.pods.in_namespace(ns) if p.labels.get(key) == value}
+    assert {r["NAME"] for r in rows} == want
+    assert name in want
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/apis/metrics.k8s.io/v1beta1",
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+        "/apis/metrics.k8s.io/v1beta1/nodes/node-0",
+        "/apis/metrics.k8s.io/v1beta1/pods",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods",
+    ],
+)
+async def test_get_raw(kubectl: Path, served: tuple[Cluster, Daemon], path: str) -> None:
+    cluster, _ = served
+    body = orjson.loads(await run_kubectl(kubectl, cluster, "get", "--raw", path))
+    if path.endswith("v1beta1"):
+        assert body["kind"] == "APIResourceList"
+    elif path.endswith("node-0"):
+        assert body["kind"] == "NodeMetrics"
+        cpu, memory = cluster.truth_node("node-0")
+        assert parse_cpu(body["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
+        assert parse_memory(body["usage"]["memory"]) == memory
+        assert not math.isnan(float(body["window"].rstrip("s")))
+    else:
+        assert body["kind"].endswith("MetricsList") and body["items"]
+
+
+async def test_get_raw_pod(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    ns, name = cluster.pod_keys("node-0")[0]
+    body = orjson.loads(
+        await run_kubectl(
+            kubectl,
+            cluster,
+            "get",
+            "--raw",
+            f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+        )
+    )
+    assert body["kind"] == "PodMetrics"
+    truth = cluster.truth_pod(ns, name)
+    for c in body["containers"]:
+        cpu, memory = truth[c["name"]]
+        assert parse_cpu(c["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
+        assert parse_memory(c["usage"]["memory"]) == memory
