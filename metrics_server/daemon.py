@@ -231,9 +231,12 @@ async def run(
     async with (
         credentials.api_client(access.cluster, timeout=no_read_timeout) as client,
         credentials.api_client(access.authentication, timeout=15.0) as authn_client,
+        credentials.api_client(access.authorization, timeout=15.0) as authz_client,
         trio.open_nursery() as root,
     ):
-        stack = build_auth_stack(auth_config(options), authn_client)
+        stack = build_auth_stack(
+            auth_config(options), authn_client, authorization_client=authz_client
+        )
         await root.start(stack.run)
         secured = stack.middleware(cast(ASGIApp, app))
         serving_done = trio.Event()
