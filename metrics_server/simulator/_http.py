@@ -27,6 +27,7 @@ MAX_BODY = 8 << 20
 IDLE_TIMEOUT = 120.0
 HANDSHAKE_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(slots=True)
@@ -114,55 +115,9 @@ async def serve_connection(
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await stream.do_handshake()
-        peer = stream.getpeercert()
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 << 10)
-        while True:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                event = await _next_event(stream, conn)
-            if idle.cancelled_caught or not isinstance(event, h11.Request):
-                return
-            body = bytearray()
-            while True:
-                part = await _next_event(stream, conn)
-                if isinstance(part, h11.Data):
-                    body += part.data
-                    if len(body) > MAX_BODY:
-                        return
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            target = event.target.decode("latin-1")
-            split = urlsplit(target)
-            request = Request(
-                method=event.method.decode("ascii"),
-                target=target,
-                path=split.path,
-                query=dict(parse_qsl(split.query, keep_blank_values=True)),
-                headers=[
-                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
-                ],
-                body=bytes(body),
-                peer_cert=peer or None,
-            )
-            responder = Responder(stream, conn)
-            try:
-                await handler(request, responder)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                raise
-            except Exception:
-                # A simulator bug: answer 500 so the test sees it, and say where it came from.
-                log.error("handler failed for %s %s\n%s", request.method, target,
-                          traceback.format_exc())
-                if responder.started:
-                    return
-                await responder.start(500, [("content-type", "text/plain")], b"simulator bug\n")
-            if not responder.started:
-                await responder.start(500, [("content-type", "text/plain")], b"no response\n")
-            await responder.finish()
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
+        await _serve_requests(stream, handler)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await stream.aclose()
     except (
         trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, h11.ProtocolError,
         ssl.SSLError,
@@ -170,3 +125,55 @@ async def serve_connection(
         pass
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _serve_requests(stream: trio.SSLStream[trio.SocketStream], handler: Handler) -> None:
+    peer = stream.getpeercert()
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 << 10)
+    while True:
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            event = await _next_event(stream, conn)
+        if idle.cancelled_caught or not isinstance(event, h11.Request):
+            return
+        body = bytearray()
+        while True:
+            part = await _next_event(stream, conn)
+            if isinstance(part, h11.Data):
+                body += part.data
+                if len(body) > MAX_BODY:
+                    return
+            elif isinstance(part, h11.EndOfMessage):
+                break
+            else:
+                return
+        target = event.target.decode("latin-1")
+        split = urlsplit(target)
+        request = Request(
+            method=event.method.decode("ascii"),
+            target=target,
+            path=split.path,
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            headers=[
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
+            ],
+            body=bytes(body),
+            peer_cert=peer or None,
+        )
+        responder = Responder(stream, conn)
+        try:
+            await handler(request, responder)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            raise
+        except Exception:
+            # A simulator bug: answer 500 so the test sees it, and say where it came from.
+            log.error("handler failed for %s %s\n%s", request.method, target,
+                      traceback.format_exc())
+            if responder.started:
+                return
+            await responder.start(500, [("content-type", "text/plain")], b"simulator bug\n")
+        if not responder.started:
+            await responder.start(500, [("content-type", "text/plain")], b"no response\n")
+        await responder.finish()
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            return
+        conn.start_next_cycle()

@@ -32,6 +32,7 @@ __all__ = ["FakeKubelet"]
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
+CLOSE_TIMEOUT = 1.0
 SEND_TIMEOUT = 60.0
 MAX_HEAD = 64 << 10
 _REASONS = {
@@ -157,20 +158,25 @@ class FakeKubelet:
             stream = tls
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
-            buf = bytearray()
-            while True:
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    request = await _read_head(tls, buf)
-                if request is None:
-                    return
-                method, path, headers, keep_alive = request
-                if not await self._respond(tls, method, path, headers) or not keep_alive:
-                    return
+            await self._serve_requests(tls)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await tls.aclose()  # sends close_notify (Go's server does too)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
                 _BadRequest, ValueError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _serve_requests(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+        buf = bytearray()
+        while True:
+            with trio.move_on_after(IDLE_TIMEOUT):
+                request = await _read_head(tls, buf)
+            if request is None:
+                return
+            method, path, headers, keep_alive = request
+            if not await self._respond(tls, method, path, headers) or not keep_alive:
+                return
 
     async def _respond(
         self, tls: trio.SSLStream[trio.SocketStream], method: str, path: str,

@@ -12,6 +12,7 @@ and go.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -50,6 +51,10 @@ _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 def go_float(value: float) -> str:
     """Format like Go's strconv.FormatFloat(v, 'g', -1, 64), which Prometheus' expfmt uses."""
     value = float(value)
+    if 1e-4 <= abs(value) < 1e6:
+        # Fast path: here Python's repr is already the shortest decimal form Go prints.
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
     if value == 0:
         return "0"
     # repr gives the shortest round-tripping digits, as Go's -1 precision does.
@@ -61,8 +66,9 @@ def go_float(value: float) -> str:
     return f"{value:.{max(len(digits) - 1 - exponent, 0)}f}"
 
 
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@functools.lru_cache(maxsize=65536)
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _suffix(rng: random.Random, n: int) -> str:
@@ -93,6 +99,14 @@ class Container:
     """Wobble phase in radians."""
     labels: str
     """`{container="…",namespace="…",pod="…"}`."""
+    start_text: str = ""
+    """The start time as rendered (constant, so formatted once)."""
+    memory_text: str = ""
+    """The memory as rendered while it does not wobble."""
+
+    def __post_init__(self) -> None:
+        self.start_text = go_float(self.start)
+        self.memory_text = go_float(self.memory)
 
     def memory_at(self, t_ms: int, wobble: bool) -> int:
         if not wobble:
@@ -585,7 +599,7 @@ class World:
         if isinstance(containers, Mapping):
             for c in made:
                 cpu, memory = containers[c.name]
-                c.cpu, c.memory = cpu - cpu % 1000, memory
+                c.cpu, c.memory, c.memory_text = cpu - cpu % 1000, memory, go_float(memory)
         self.ensure_namespace(namespace)
         pod = Pod(namespace, name, node, dict(labels or {}), made, created=started)
         self._mark_node(host)
@@ -645,15 +659,17 @@ class World:
         for pod in pods:
             total_cpu = 0
             total_mem = 0
+            wobble = self.wobble
             for c in pod.containers:
                 cpu = c.cpu_ns_at(t)
-                mem = c.memory_at(t, self.wobble)
+                mem = c.memory_at(t, wobble)
                 total_cpu += cpu
                 total_mem += mem
                 labels = c.labels
+                mem_text = go_float(mem) if wobble else c.memory_text
                 cpu_lines.append(f"container_cpu_usage_seconds_total{labels} {_seconds(cpu)}{ts}")
-                mem_lines.append(f"container_memory_working_set_bytes{labels} {go_float(mem)}{ts}")
-                start_lines.append(f"container_start_time_seconds{labels} {go_float(c.start)}{ts}")
+                mem_lines.append(f"container_memory_working_set_bytes{labels} {mem_text}{ts}")
+                start_lines.append(f"container_start_time_seconds{labels} {c.start_text}{ts}")
             pod_labels = f'{{namespace="{_escape(pod.namespace)}",pod="{_escape(pod.name)}"}}'
             pod_cpu.append(f"pod_cpu_usage_seconds_total{pod_labels} {_seconds(total_cpu)}{ts}")
             pod_mem.append(f"pod_memory_working_set_bytes{pod_labels} {go_float(total_mem)}{ts}")
