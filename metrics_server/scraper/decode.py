@@ -36,9 +36,6 @@ _USED: Final = tuple(
     )
 )
 
-# Label blocks of canonical kubelet lines split on '"' into these separators and the
-# container, namespace and pod values (client_golang sorts label names).
-_FAST_SEPARATORS: Final = ["{container=", ",namespace=", ",pod=", "}"]
 _FAST_NUMBERS: Final = re.compile(r"[0-9][0-9.eE+-]*(?: [0-9][0-9.eE+-]*)*")
 # Up to 18 digits always fits an int64 of milliseconds.
 _FAST_TIMESTAMPS: Final = re.compile(r"-?[0-9]{1,18}(?: -?[0-9]{1,18})*")
@@ -64,8 +61,9 @@ _Record = list[int | None]
 def decode(body: bytes, default_timestamp: int) -> NodeMetricsBatch:
     """Parse one `/metrics/resource` response.
 
-    `default_timestamp` (ns since epoch) is used for samples without their own timestamp.
-    Raises DecodeError naming the line when a line of a used series is malformed; lines of
+    `default_timestamp` (ns since epoch) is used for samples without their own timestamp;
+    a point's timestamp is its CPU sample's. NaN, infinite and negative values count as
+    missing. Raises DecodeError naming the line when a line of a used series is malformed; lines of
     other series are skipped without being validated.
     """
     try:
@@ -77,12 +75,10 @@ def decode(body: bytes, default_timestamp: int) -> NodeMetricsBatch:
         _reject_undecodable_used_lines(text)
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    if text[:1] not in (" ", "\t") and _LEADING_BLANKS.search(text) is None:
-        try:
-            return _decode_sections(text, default_timestamp)
-        except _NotCanonical:
-            pass
-    return _decode_lines(text, default_timestamp)
+    try:
+        return _decode_sections(text, default_timestamp)
+    except _NotCanonical:
+        return _decode_lines(text, default_timestamp)
 
 
 class _NotCanonical(Exception):
@@ -99,8 +95,9 @@ def _decode_sections(text: str, default_timestamp: int) -> NodeMetricsBatch:
     the line parser (which also produces the error messages) decides instead.
     """
     text = "\n" + text
-    node_blocks, node_cpu, node_times = _section(text, _NODE_CPU, 1e9, default_timestamp)
-    mem_blocks, node_mem, _ = _section(text, _NODE_MEMORY, 1.0, None)
+    spans: list[tuple[int, int]] = []
+    node_blocks, node_cpu, node_times, _ = _section(text, _NODE_CPU, 1e9, default_timestamp, spans)
+    mem_blocks, node_mem, _, _ = _section(text, _NODE_MEMORY, 1.0, None, spans)
     if any(node_blocks) or any(mem_blocks):
         raise _NotCanonical  # node series with labels
     # As in the line parser, the last of repeated node samples wins.
@@ -113,32 +110,67 @@ def _decode_sections(text: str, default_timestamp: int) -> NodeMetricsBatch:
         ]
     )
 
-    cpu_blocks, cpu_values, cpu_times = _section(text, _CONTAINER_CPU, 1e9, default_timestamp)
+    cpu_blocks, cpu_values, cpu_times, cpu_raw_times = _section(
+        text, _CONTAINER_CPU, 1e9, default_timestamp, spans
+    )
     if len(set(cpu_blocks)) != len(cpu_blocks):
         raise _NotCanonical  # duplicate series
-    mem_values = _aligned(cpu_blocks, *_section(text, _CONTAINER_MEMORY, 1.0, None)[:2])
-    start_values = _aligned(cpu_blocks, *_section(text, _CONTAINER_START, 1e9, None)[:2])
+    mem_blocks, mem_values, _, _ = _section(
+        text, _CONTAINER_MEMORY, 1.0, None, spans, cpu_raw_times
+    )
+    start_blocks, start_values, _, _ = _section(
+        text, _CONTAINER_START, 1e9, None, spans, cpu_raw_times
+    )
+    mem_values = _aligned(cpu_blocks, mem_blocks, mem_values)
+    start_values = _aligned(cpu_blocks, start_blocks, start_values)
 
-    pods: dict[PodKey, dict[str, MetricsPoint]] = {}
-    separators = _FAST_SEPARATORS
+    # A used line indented by blanks would have escaped the blocks above. Lines inside
+    # them all start with their series' name, so only the rest of the text needs a look.
+    pos = 0
+    for first, end in sorted(spans):
+        if _LEADING_BLANKS.search(text, pos, first) is not None:
+            raise _NotCanonical
+        pos = end
+    if _LEADING_BLANKS.search(text, pos) is not None:
+        raise _NotCanonical
+
+    containers, pod_keys = _split_blocks(cpu_blocks)
     # Values are never negative here (the number pattern has no leading sign).
     points = map(MetricsPoint, start_values, cpu_times, cpu_values, mem_values)
-    for block, point in zip(cpu_blocks, points, strict=True):
-        parts = block.split('"')
-        if parts[::2] != separators:
-            raise _NotCanonical
-        key = (parts[3], parts[5])
-        containers = pods.get(key)
-        if containers is None:
-            pods[key] = {parts[1]: point}
+    pods: dict[PodKey, dict[str, MetricsPoint]] = {}
+    for key, container, point in zip(pod_keys, containers, points, strict=True):
+        by_container = pods.get(key)
+        if by_container is None:
+            pods[key] = {container: point}
         else:
-            containers[parts[1]] = point
+            by_container[container] = point
     if 0 in cpu_values or 0 in mem_values:
-        for block, cpu, mem in zip(cpu_blocks, cpu_values, mem_values, strict=True):
+        for key, cpu, mem in zip(pod_keys, cpu_values, mem_values, strict=True):
             if not cpu or not mem:
-                parts = block.split('"')
-                pods.pop((parts[3], parts[5]), None)
+                pods.pop(key, None)
     return NodeMetricsBatch(node=node, pods=pods)
+
+
+def _split_blocks(blocks: list[str]) -> tuple[list[str], list[PodKey]]:
+    """Container names and (namespace, pod) keys of canonical label blocks, all at once.
+
+    Joined by spaces (which tokens cannot contain) and split on quotes, n canonical blocks
+    yield exactly this pattern, so checking the separators validates every block.
+    """
+    n = len(blocks)
+    if n == 0:
+        return [], []
+    parts = " ".join(blocks).split('"')
+    if (
+        len(parts) != 6 * n + 1
+        or parts[0] != "{container="
+        or parts[-1] != "}"
+        or parts[2::6].count(",namespace=") != n
+        or parts[4::6].count(",pod=") != n
+        or parts[6:-1:6].count("} {container=") != n - 1
+    ):
+        raise _NotCanonical
+    return parts[1::6], list(zip(parts[3::6], parts[5::6], strict=True))
 
 
 def _aligned(cpu_blocks: list[str], blocks: list[str], values: list[int]) -> list[int]:
@@ -156,24 +188,33 @@ def _aligned(cpu_blocks: list[str], blocks: list[str], values: list[int]) -> lis
 
 
 def _section(
-    text: str, name: str, factor: float, default_timestamp: int | None
-) -> tuple[list[str], list[int], list[int]]:
-    """Label blocks, values × factor (rounded) and ns timestamps of one series' block.
+    text: str,
+    name: str,
+    factor: float,
+    default_timestamp: int | None,
+    spans: list[tuple[int, int]],
+    valid_times: list[str] | None = None,
+) -> tuple[list[str], list[int], list[int], list[str]]:
+    """Label blocks, values × factor (rounded), ns and raw timestamps of a series' block.
 
-    Timestamps are only validated, not converted, when `default_timestamp` is None.
+    Timestamps are only validated, not converted, when `default_timestamp` is None, and
+    not even validated when they equal `valid_times`. The block's [start, end) offsets
+    are appended to `spans`.
     """
     marker = "\n" + name
     first = text.find(marker)
     if first < 0:
-        return [], [], []
+        return [], [], [], []
     end = text.find("\n", text.rfind(marker) + 1)
     if end < 0:
         end = len(text)
+    spans.append((first, end))
     region = text[first:end]
-    spaced = region.replace(marker, " ")
+    pieces = region.split(marker)
+    spaced = " ".join(pieces)
     if "\n" in spaced or "\\" in spaced:
         raise _NotCanonical  # other lines mixed into the block, or escaped label values
-    lines = (len(region) - len(spaced)) // (len(marker) - 1)
+    lines = len(pieces) - 1
     # Every line now starts with a space, so the first token is always empty.
     tokens = spaced.split(" ")
     if len(tokens) == 3 * lines + 1:
@@ -185,7 +226,11 @@ def _section(
     # float() and int() accept underscores, whitespace and non-ASCII digits; Go does not.
     if _FAST_NUMBERS.fullmatch(" ".join(raw_values)) is None:
         raise _NotCanonical
-    if raw_times and _FAST_TIMESTAMPS.fullmatch(" ".join(raw_times)) is None:
+    if (
+        raw_times
+        and raw_times != valid_times
+        and _FAST_TIMESTAMPS.fullmatch(" ".join(raw_times)) is None
+    ):
         raise _NotCanonical
     try:
         floats = map(float, raw_values)
@@ -200,7 +245,7 @@ def _section(
         times = list(map(mul, map(int, raw_times), repeat(_NS_PER_MS)))
     else:
         times = [default_timestamp] * lines
-    return blocks, values, times
+    return blocks, values, times, raw_times
 
 
 def _decode_lines(text: str, default_timestamp: int) -> NodeMetricsBatch:

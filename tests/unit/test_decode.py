@@ -172,6 +172,15 @@ def test_leading_blanks_are_ignored() -> None:
     assert decode(indented, DEFAULT_TS) == decode(SPEC_SAMPLE, DEFAULT_TS)
 
 
+def test_one_indented_line_in_canonical_output_still_counts() -> None:
+    body = KUBELET_BODY.replace(
+        b"\nnode_memory_working_set_bytes", b"\n \tnode_memory_working_set_bytes"
+    )
+    assert body != KUBELET_BODY
+    assert decode(body, DEFAULT_TS) == decode(KUBELET_BODY, DEFAULT_TS)
+    assert decode(body, DEFAULT_TS).node is not None
+
+
 def test_a_pod_with_a_zero_memory_container_is_dropped_others_stay() -> None:
     body = NODE_LINES + (
         b'container_cpu_usage_seconds_total{container="a",namespace="n",pod="bad"} 1 1000\n'
