@@ -40,11 +40,11 @@ METRICS_SERVER_AUTH_ARGS: tuple[str, ...] = (
     "--authentication-kubeconfig", "{kubeconfig}",
     "--authorization-kubeconfig", "{kubeconfig}",
 )
-"""The delegated-authentication flags, for when the metrics server supports them."""
+"""The delegated-authentication flags (front-proxy CA, TokenReview and SubjectAccessReview)."""
 
-METRICS_SERVER_EXTRA_ARGS: tuple[str, ...] = ()
-"""Appended to the metrics server's command line (templates as in METRICS_SERVER_AUTH_ARGS).
-The one place to adjust: set it to METRICS_SERVER_AUTH_ARGS once the flags exist."""
+METRICS_SERVER_EXTRA_ARGS: tuple[str, ...] = METRICS_SERVER_AUTH_ARGS
+"""Appended to the metrics server's command line ({front_proxy_ca} and {kubeconfig} are filled
+in). The one place to adjust; `()` runs the metrics server without delegated auth."""
 
 
 class SimulatorError(Exception):
