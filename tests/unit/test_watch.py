@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,6 +18,24 @@ def pod(name: str, rv: int) -> dict[str, Any]:
 
 def event(kind: str, obj: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": kind, "object": obj}) + b"\n"
+
+
+class Chunks:
+    """An async byte iterator without generator finalization (trio warns on those)."""
+
+    def __init__(self, chunks: list[bytes], hang: bool) -> None:
+        self._chunks = list(chunks)
+        self._hang = hang
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks:
+            return self._chunks.pop(0)
+        if self._hang:
+            await trio.sleep_forever()
+        raise StopAsyncIteration
 
 
 class ScriptedApiserver:
@@ -58,11 +75,8 @@ class ScriptedApiserver:
         self.final_watch.set()
         return httpx.Response(200, content=self._stream([], hang=True))
 
-    async def _stream(self, chunks: list[bytes], hang: bool = False) -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-        if hang:
-            await trio.sleep_forever()
+    def _stream(self, chunks: list[bytes], hang: bool = False) -> Chunks:
+        return Chunks(chunks, hang)
 
 
 async def test_list_watch_resume_relist_and_keep_cache(autojump_clock: trio.abc.Clock) -> None:
