@@ -397,9 +397,9 @@ def _fmt(ns: int) -> str:
 
 def version_text() -> str:
     """`--version` output: ours, then the runtimes an operator needs in a bug report."""
-    import hypercorn  # noqa: F401  (imported for its metadata only)
-    import trio
     from importlib.metadata import version as dist_version
+
+    import trio
 
     py = sys.version.split()[0]
     return (

@@ -224,7 +224,9 @@ async def run(
         selfmetrics.observe_scrape(node, seconds, error)
         daemon.after_scrape(node, seconds, error)
 
-    api = MetricsAPI(store, nodes, pods, options.node_selector)
+    api = MetricsAPI(
+        store, nodes, pods, options.node_selector, on_served=selfmetrics.observe_freshness
+    )
     app = create_app(AppParts(api=api, health=daemon.health(), metrics_text=selfmetrics.render))
 
     no_read_timeout = httpx.Timeout(10.0, read=None)

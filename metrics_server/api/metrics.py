@@ -9,7 +9,7 @@ complete metrics; a get of such an object is 404.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -55,11 +55,25 @@ class Pods(Protocol):
 class MetricsAPI:
     """Answers get and list of NodeMetrics and PodMetrics."""
 
-    def __init__(self, store: Usages, nodes: Nodes, pods: Pods, node_selector: str = "") -> None:
+    def __init__(
+        self,
+        store: Usages,
+        nodes: Nodes,
+        pods: Pods,
+        node_selector: str = "",
+        *,
+        on_served: Callable[[float], None] | None = None,
+    ) -> None:
         self._store = store
         self._nodes = nodes
         self._pods = pods
         self._node_selector = parse_label_selector(node_selector)
+        self._on_served = on_served
+        """Called with each served object's age in seconds (the freshness histogram)."""
+
+    def _served(self, timestamp_ns: int, now_ns: int) -> None:
+        if self._on_served is not None:
+            self._on_served((now_ns - timestamp_ns) / 1e9)
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -68,14 +82,17 @@ class MetricsAPI:
         usage = self._store.node_usage(name) if info is not None else None
         if info is None or usage is None or not self._node_selector.matches(info.labels):
             raise not_found("nodemetrics", name)
-        item = _node_item(info, usage, format_timestamp(time.time_ns()))
+        now_ns = time.time_ns()
+        self._served(usage.timestamp, now_ns)
+        item = _node_item(info, usage, format_timestamp(now_ns))
         item = {"kind": "NodeMetrics", "apiVersion": API_VERSION, **item}
         return orjson.dumps(item)
 
     def list_nodes(self, query: Mapping[str, str]) -> bytes:
         labels = _label_selector(query)
         fields = _field_selector(query, NODE_FIELDS)
-        now = format_timestamp(time.time_ns())
+        now_ns = time.time_ns()
+        now = format_timestamp(now_ns)
         items = []
         for info in self._nodes.sorted():
             if not labels.matches(info.labels) or not self._node_selector.matches(info.labels):
@@ -84,6 +101,7 @@ class MetricsAPI:
                 continue
             usage = self._store.node_usage(info.name)
             if usage is not None:
+                self._served(usage.timestamp, now_ns)
                 items.append(_node_item(info, usage, now))
         return _list("NodeMetricsList", items)
 
@@ -94,13 +112,16 @@ class MetricsAPI:
         usage = self._store.pod_usage(namespace, name) if info is not None else None
         if info is None or usage is None:
             raise not_found("podmetrics", f"{namespace}/{name}")
-        item = _pod_item(info, usage, format_timestamp(time.time_ns()))
+        now_ns = time.time_ns()
+        self._served(usage.timestamp, now_ns)
+        item = _pod_item(info, usage, format_timestamp(now_ns))
         return orjson.dumps({"kind": "PodMetrics", "apiVersion": API_VERSION, **item})
 
     def list_pods(self, namespace: str | None, query: Mapping[str, str]) -> bytes:
         labels = _label_selector(query)
         fields = _field_selector(query, POD_FIELDS)
-        now = format_timestamp(time.time_ns())
+        now_ns = time.time_ns()
+        now = format_timestamp(now_ns)
         pods = self._pods.all_sorted() if namespace is None else self._pods.in_namespace(namespace)
         pod_usage = self._store.pod_usage
         items = []
@@ -113,6 +134,7 @@ class MetricsAPI:
                 continue
             usage = pod_usage(info.namespace, info.name)
             if usage is not None:
+                self._served(usage.timestamp, now_ns)
                 items.append(_pod_item(info, usage, now))
         return _list("PodMetricsList", items)
 
