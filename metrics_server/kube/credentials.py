@@ -1,24 +1,32 @@
 """Credentials for kube-apiserver and kubelets: the only module that imports `kubernetes`.
 
 The `kubernetes` package's loaders do the hard parts (kubeconfig contexts, exec plugins,
-in-cluster service-account files); we read the result once into `ClusterAccess` and
-ask the loader's refresh hook for the current bearer token periodically, because
-service-account tokens rotate (bound tokens expire after an hour by default).
+in-cluster service-account files); we read the result once into `ClusterAccess`.
+Service-account tokens rotate (the kubelet refreshes bound tokens well before their hour
+is up), so in a pod we re-read the token file every 30 s ourselves; for kubeconfigs we
+ask the loader's refresh hook, which re-runs exec plugins when their token expires.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import trio
 
+log = logging.getLogger(__name__)
+
 TOKEN_REFRESH_SECONDS = 30.0
 """How often the token is re-read; below the one-minute rotation guarantee."""
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+_clock = time.monotonic
 
 
 class CredentialsError(Exception):
@@ -38,6 +46,7 @@ class ClusterAccess:
     _config: Any
     _token: str | None
     _token_read_at: float
+    _token_file: str | None = None
 
     @property
     def has_token(self) -> bool:
@@ -60,12 +69,24 @@ class ClusterAccess:
 
     async def token(self) -> str | None:
         """The current bearer token (without the "Bearer " prefix), refreshed periodically."""
-        if self._config is None or self._token is None:
+        if self._token is None or (self._config is None and self._token_file is None):
             return self._token
-        if time.monotonic() - self._token_read_at >= TOKEN_REFRESH_SECONDS:
-            # The hook re-reads the token file or re-runs an exec plugin: blocking I/O.
-            self._token = await trio.to_thread.run_sync(_read_token, self._config)
-            self._token_read_at = time.monotonic()
+        if _clock() - self._token_read_at < TOKEN_REFRESH_SECONDS:
+            return self._token
+        try:
+            if self._token_file is not None:
+                text = (await trio.Path(self._token_file).read_text()).strip()
+                fresh: str | None = text or None
+            else:
+                # The hook may re-run an exec plugin: blocking, so off the event loop.
+                fresh = await trio.to_thread.run_sync(_read_token, self._config)
+        except Exception as exc:
+            # Keep the old token: it may still be valid, and the next call retries.
+            log.warning("cannot refresh the bearer token: %s", exc)
+            fresh = None
+        if fresh:
+            self._token = fresh
+        self._token_read_at = _clock()
         return self._token
 
 
@@ -96,20 +117,29 @@ def _read_token(config: Any) -> str | None:
     return rest.strip() if scheme.lower() == "bearer" and rest else text.strip()
 
 
-def load(kubeconfig: str) -> ClusterAccess:
+def load(
+    kubeconfig: str, *, sa_dir: str = SA_DIR, environ: Mapping[str, str] | None = None
+) -> ClusterAccess:
     """Load a kubeconfig file, or the in-cluster configuration when `kubeconfig` is empty.
 
     Blocking: call before `trio.run` or through `trio.to_thread`.
     """
     from kubernetes import client as kclient
     from kubernetes import config as kconfig
+    from kubernetes.config.incluster_config import InClusterConfigLoader
 
     cfg = kclient.Configuration()
+    token_file = None
     try:
         if kubeconfig:
             kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            token_file = os.path.join(sa_dir, "token")
+            InClusterConfigLoader(
+                token_filename=token_file,
+                cert_filename=os.path.join(sa_dir, "ca.crt"),
+                environ=os.environ if environ is None else environ,
+            ).load_and_set(cfg)  # type: ignore[no-untyped-call]
     except kconfig.ConfigException as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
         raise CredentialsError(f"cannot load {where}: {exc}") from None
@@ -132,9 +162,10 @@ def load(kubeconfig: str) -> ClusterAccess:
         cert_file=cfg.cert_file or None,
         key_file=cfg.key_file or None,
         tls_server_name=getattr(cfg, "tls_server_name", None) or None,
-        _config=cfg if cfg.refresh_api_key_hook is not None else None,
+        _config=cfg if cfg.refresh_api_key_hook is not None and token_file is None else None,
         _token=token,
-        _token_read_at=time.monotonic(),
+        _token_read_at=_clock(),
+        _token_file=token_file,
     )
 
 
