@@ -7,7 +7,7 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHON = False  # use the interpreter nox runs on (any Python >= 3.11)
+PYTHON = None  # a virtualenv on the interpreter nox runs on (any Python >= 3.11)
 
 
 @nox.session(python=PYTHON)
