@@ -1,1 +1,1 @@
-"""api package."""
+"""The Metrics API: routes, rendering, selectors, discovery and Status errors."""

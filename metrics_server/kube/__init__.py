@@ -1,1 +1,1 @@
-"""kube package."""
+"""Kubernetes access: credentials (the only user of `kubernetes`), list/watch, caches."""

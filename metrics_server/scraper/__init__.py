@@ -1,1 +1,1 @@
-"""scraper package."""
+"""Kubelet scraping: address choice, the HTTPS client, the decoder, one task per node."""

@@ -1,1 +1,1 @@
-"""storage package."""
+"""Last/prev points per node and container, and the CPU-rate rules of SPEC §4."""
