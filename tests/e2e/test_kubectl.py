@@ -14,7 +14,7 @@ from metrics_server.daemon import Daemon
 from metrics_server.simulator import ClusterConfig, open_cluster
 from metrics_server.simulator._cluster import Cluster
 from metrics_server.simulator.kubectl import kubectl_path
-from tests.harness import parse_cpu, parse_memory, running_daemon
+from tests.harness import direct_client, parse_cpu, parse_memory, running_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -159,3 +159,33 @@ async def test_get_raw_pod(kubectl: Path, served: tuple[Cluster, Daemon]) -> Non
         cpu, memory = truth[c["name"]]
         assert parse_cpu(c["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
         assert parse_memory(c["usage"]["memory"]) == memory
+
+
+async def test_authorization_is_enforced_for_kubectl(
+    kubectl: Path, served: tuple[Cluster, Daemon], tmp_path: Path
+) -> None:
+    """The aggregator authorizes before proxying (as kube-apiserver does); we authorize again."""
+    cluster, d = served
+    async with direct_client(cluster, d, cluster.nobody_token) as client:
+        direct = await client.get("/apis/metrics.k8s.io/v1beta1/pods")
+    assert direct.status_code == 403
+    assert 'cannot list resource "pods" in API group "metrics.k8s.io"' in direct.json()["message"]
+    viewer = cluster.kubeconfig_for(cluster.viewer_token, tmp_path / "viewer.kubeconfig")
+    nobody = cluster.kubeconfig_for(cluster.nobody_token, tmp_path / "nobody.kubeconfig")
+    with trio.fail_after(30):
+        ok = await trio.run_process(
+            [str(kubectl), "--kubeconfig", str(viewer), "top", "pods", "-A"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        denied = await trio.run_process(
+            [str(kubectl), "--kubeconfig", str(nobody), "top", "pods", "-A"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert len(table(ok.stdout.decode())) > 0
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr.decode().lower()
