@@ -3,6 +3,12 @@
 Four CAs as in a kubeadm cluster (cluster, kubelet, front-proxy, client) plus a stray "wrong"
 CA used to fake a kubelet whose certificate nobody trusts. Everything is generated with
 trustme in memory and the files a client needs are written under `<workdir>/pki`.
+
+Healthy kubelets share one serving context, so 5,000 kubelets cost one key and one
+certificate, not 5,000: it presents a certificate for 127.0.0.1, and a client that asks for a
+name by SNI (`--kubelet-tls-server-name-from-node`) gets a certificate for that name, issued on
+first use and cached. A real kubelet only holds its own name; our clients only ever ask a
+kubelet for its own name, so the difference is never observable to them.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class PKI:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._kubelet_shared: ssl.SSLContext | None = None
+        self._kubelet_named: dict[str, ssl.SSLContext] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self.cluster_ca = trustme.CA(organization_name="kubernetes")
         self.kubelet_ca = trustme.CA(organization_name="kubelet")
@@ -97,16 +105,36 @@ class PKI:
         return ctx
 
     def kubelet_context(self, node: str, kind: KubeletCertKind = "normal") -> ssl.SSLContext:
-        """A fresh serving context for one kubelet (new key and certificate each call)."""
+        """A serving context for one kubelet: the shared one when healthy, else a fresh one."""
         if kind == "normal":
-            leaf = self.kubelet_ca.issue_cert("127.0.0.1", node, common_name=node)
-        elif kind == "no-ip-san":
+            return self._shared_kubelet_context()
+        if kind == "no-ip-san":
             leaf = self.kubelet_ca.issue_cert(node, common_name=node)
         elif kind == "wrong-ca":
             leaf = self.wrong_ca.issue_cert("127.0.0.1", node, common_name=node)
         else:
             raise ValueError(f"unknown kubelet certificate kind {kind!r}")
         return _server_context(leaf)
+
+    def _shared_kubelet_context(self) -> ssl.SSLContext:
+        if self._kubelet_shared is None:
+            ctx = _server_context(
+                self.kubelet_ca.issue_cert("127.0.0.1", common_name="kubelet")
+            )
+            ctx.sni_callback = self._kubelet_by_name
+            self._kubelet_shared = ctx
+        return self._kubelet_shared
+
+    def _kubelet_by_name(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        if not server_name:
+            return
+        ctx = self._kubelet_named.get(server_name)
+        if ctx is None:
+            leaf = self.kubelet_ca.issue_cert("127.0.0.1", server_name, common_name=server_name)
+            ctx = self._kubelet_named[server_name] = _server_context(leaf)
+        conn.context = ctx
 
     def proxy_client_context(self, ca_file: Path) -> ssl.SSLContext:
         """Client context the aggregator uses towards the metrics server."""

@@ -10,6 +10,7 @@ a nursery that `run_cluster` owns.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import tempfile
@@ -214,6 +215,22 @@ class Cluster:
         for path in (self.kubeconfig_path, self.metrics_server_kubeconfig_path):
             path.chmod(0o600)
 
+    def write_workloads(self) -> Path:
+        """Write `workloads.json`: [namespace, {label: value}, pods] per replica set, the
+        selectors a load generator can query like an HPA does."""
+        groups: dict[tuple[str, str, str], int] = {}
+        for pod in self.world.pods.values():
+            labels = pod.labels
+            if "pod-template-hash" in labels and "app" in labels:
+                key = (pod.namespace, labels["app"], labels["pod-template-hash"])
+                groups[key] = groups.get(key, 0) + 1
+        path = self.workdir / "workloads.json"
+        path.write_text(json.dumps([
+            [ns, {"app": app, "pod-template-hash": rs}, count]
+            for (ns, app, rs), count in sorted(groups.items())
+        ]))
+        return path
+
     def kubeconfig_for(self, token: str, path: Path) -> Path:
         """Write a kubeconfig for another token (e.g. `viewer_token`) and return its path."""
         path.write_text(_kubeconfig(self.apiserver_url, self.pki.cluster_ca.cert_pem.bytes(),
@@ -367,6 +384,7 @@ async def run_cluster(
             cluster.apiserver.start()
             cluster._populate()
             cluster._write_kubeconfigs()
+            cluster.write_workloads()
             task_status.started(cluster)
             await trio.sleep_forever()
     finally:

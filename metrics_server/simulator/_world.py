@@ -46,6 +46,8 @@ _APPS = (
 _TIERS = ("frontend", "backend", "cache", "batch")
 _SYSTEM_APPS = ("coredns", "kube-proxy", "konnectivity-agent", "csi-node", "metrics-agent")
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+REPLICAS = 10
+"""Generated pods per replica set (see `World.generate_pod_spec`)."""
 
 
 def go_float(value: float) -> str:
@@ -454,22 +456,28 @@ class World:
     def generate_pod_spec(
         self, node: str, index: int
     ) -> tuple[str, str, dict[str, str], list[str]]:
-        """A realistic (namespace, name, labels, container names) for the index-th pod of node."""
-        rng = self.rng("pod", node, index)
-        roll = rng.random()
+        """A realistic (namespace, name, labels, container names) for the index-th pod of node.
+
+        Pods come in replica sets of `REPLICAS` consecutive pods of one node: same namespace,
+        app and pod-template-hash, so an HPA-style selector (`app=…,pod-template-hash=…`)
+        matches about ten pods whatever the cluster size.
+        """
+        group = self.rng("group", node, index // REPLICAS)
+        roll = group.random()
         if roll < 0.15:
-            namespace, app = "kube-system", rng.choice(_SYSTEM_APPS)
+            namespace, app = "kube-system", group.choice(_SYSTEM_APPS)
         elif roll < 0.3:
-            namespace, app = "default", rng.choice(_APPS)
+            namespace, app = "default", group.choice(_APPS)
         else:
-            namespace, app = f"app-{rng.randrange(3)}", rng.choice(_APPS)
-        # Deployment-style name; the serial keeps names unique across the cluster.
-        rs_hash = _suffix(self.rng("rs", namespace, app), 10)
+            namespace, app = f"app-{group.randrange(3)}", group.choice(_APPS)
+        rs_hash = _suffix(group, 10)
+        count = group.choice((1, 1, 1, 2, 2, 3))
+        rng = self.rng("pod", node, index)
+        # Deployment-style name; the loop keeps names unique across the cluster.
         name = f"{app}-{rs_hash}-{_suffix(rng, 5)}"
         while (namespace, name) in self.pods:
             name = f"{app}-{rs_hash}-{_suffix(rng, 5)}"
         labels = {"app": app, "tier": rng.choice(_TIERS), "pod-template-hash": rs_hash}
-        count = rng.choice((1, 1, 1, 2, 2, 3))
         containers = [app, "sidecar", "log-shipper"][:count]
         return namespace, name, labels, containers
 
