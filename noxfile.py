@@ -34,6 +34,23 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Micro-benchmarks (decode) and whole-process benchmarks; prints figures."""
+    """Decoder micro-benchmark, then the whole-process benchmark (tests/bench/harness.py).
+
+    Arguments after `--` go to the harness, e.g. `nox -s bench -- --sizes 0x0,5000x30
+    --json docs/bench-results.json`. Default: 0x0 (baseline), 100x70, 1000x30.
+    """
     session.install("-e", ".[test]")
-    session.run("python", "tests/bench/bench_decode.py", *session.posargs)
+    session.run("python", "tests/bench/bench_decode.py")
+    session.run("python", "-m", "tests.bench.harness", *session.posargs)
+
+
+@nox.session(name="bench-smoke", python=PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """CI guard (~2 minutes): 200 nodes x 30 pods; fails only when a per-node figure is 3x
+    the one recorded in docs/bench-results.json, or nodes are not scraped every period."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "tests.bench.harness",
+        "--sizes", "0x0,200x30", "--warmup", "10", "--window", "20", "--qps", "50",
+        "--check", "docs/bench-results.json", *session.posargs,
+    )

@@ -1,0 +1,498 @@
+"""Whole-process benchmark: a simulated cluster, this metrics server and a query load, each in
+its own process; the metrics server's own CPU and RSS are read from /proc. Run it from the
+repository root as `python -m tests.bench.harness` (or `nox -s bench`).
+
+For each size (`--sizes 0x0,100x70,1000x30,5000x30`, nodes x pods per node) the harness
+starts the simulator (`metrics-server-sim --no-metrics-server`), then the metrics server,
+and measures, all against the same clock:
+
+- start-up: process start until every node is served by the node list;
+- an idle window (`--window` s, scraping only): CPU (utime + stime deltas of
+  /proc/<pid>/stat) and RSS (VmRSS of /proc/<pid>/status) sampled each second; scrapes per
+  node per period from the self-metrics; metric age (now − item timestamp) of every node
+  served, sampled every few seconds;
+- a load window: `--qps` HPA-style queries per second from a separate process
+  (tests/bench/load.py), their latency and the age of the metrics they return;
+- one cluster-wide pod list: its time, and the RSS before it and at its peak.
+
+The simulator's CPU is reported too: when it saturates a core, the kubelets answer late and
+the figures measure the machine, not the metrics server. The first size is the baseline for
+RSS growth (normally 0 nodes). Prints a table and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from tests.bench.load import client, percentile, rfc3339_seconds
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_MIB = 1 / 1024
+UPSTREAM_MCPU_PER_NODE = 1.0
+UPSTREAM_MIB_PER_NODE = 2.0
+SIM_READY_TIMEOUT = 600.0
+STARTUP_TIMEOUT = 300.0
+STOP_GRACE = 10.0
+NODE_POLL = 0.2
+AGE_POLL = 3.0
+
+
+# ---- /proc ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of `pid`, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * PAGE_MIB
+    return math.nan
+
+
+@dataclass
+class Samples:
+    """CPU and RSS of a set of processes, sampled over one window."""
+
+    times: list[float] = field(default_factory=list)
+    cpu: dict[int, list[float]] = field(default_factory=dict)
+    rss: dict[int, list[float]] = field(default_factory=dict)
+
+    def take(self, pids: list[int]) -> None:
+        self.times.append(time.monotonic())
+        for pid in pids:
+            try:
+                self.cpu.setdefault(pid, []).append(cpu_seconds(pid))
+                self.rss.setdefault(pid, []).append(rss_mib(pid))
+            except OSError:
+                self.cpu.setdefault(pid, []).append(math.nan)
+                self.rss.setdefault(pid, []).append(math.nan)
+
+    def cores(self, pid: int) -> float:
+        cpu = self.cpu[pid]
+        return (cpu[-1] - cpu[0]) / (self.times[-1] - self.times[0])
+
+    def rss_mean(self, pid: int) -> float:
+        values = self.rss[pid]
+        return sum(values) / len(values)
+
+    def rss_max(self, pid: int) -> float:
+        return max(self.rss[pid])
+
+
+async def sample(samples: Samples, pids: list[int], seconds: float, every: float = 1.0) -> None:
+    start = trio.current_time()
+    samples.take(pids)
+    n = 1
+    while trio.current_time() - start < seconds:
+        await trio.sleep_until(start + n * every)
+        samples.take(pids)
+        n += 1
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def stop(process: trio.Process) -> None:
+    with trio.move_on_after(STOP_GRACE + 5) as scope:
+        scope.shield = True
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def metrics_server_argv(workdir: Path, port: int, resolution: str) -> list[str]:
+    pki = workdir / "pki"
+    kubeconfig = str(workdir / "metrics-server.kubeconfig")
+    return [
+        sys.executable, "-m", "metrics_server",
+        "--kubeconfig", kubeconfig,
+        "--secure-port", str(port),
+        "--bind-address", "127.0.0.1",
+        "--cert-dir", str(workdir / "certs"),
+        "--tls-cert-file", str(pki / "metrics-server.crt"),
+        "--tls-private-key-file", str(pki / "metrics-server.key"),
+        "--metric-resolution", resolution,
+        "--kubelet-use-node-status-port",
+        "--kubelet-preferred-address-types", "InternalIP",
+        "--kubelet-certificate-authority", str(pki / "kubelet-ca.crt"),
+        "--requestheader-client-ca-file", str(pki / "front-proxy-ca.crt"),
+        "--requestheader-allowed-names", "front-proxy-client",
+        "--authentication-kubeconfig", kubeconfig,
+        "--authorization-kubeconfig", kubeconfig,
+    ]
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"duration like 15s expected, got {text!r}")
+    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match[2]]
+
+
+# ---- one size ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Size:
+    nodes: int
+    pods_per_node: int
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        nodes, _, pods = text.partition("x")
+        return cls(int(nodes), int(pods or 0))
+
+    def __str__(self) -> str:
+        return f"{self.nodes}x{self.pods_per_node}"
+
+
+def _counter(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _self_metrics(http: httpx.AsyncClient) -> str:
+    response = await http.get("/metrics")
+    response.raise_for_status()
+    return response.text
+
+
+async def _served_nodes(http: httpx.AsyncClient) -> list[dict[str, Any]]:
+    try:
+        response = await http.get("/apis/metrics.k8s.io/v1beta1/nodes")
+    except httpx.HTTPError:
+        return []
+    if response.status_code != 200:
+        return []
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def _node_ages(http: httpx.AsyncClient, seconds: float, out: dict[str, Any]) -> None:
+    """Every AGE_POLL s: how many nodes are served and how old their metrics are."""
+    ages: list[float] = []
+    counts: list[int] = []
+    start = trio.current_time()
+    while trio.current_time() - start < seconds:
+        items = await _served_nodes(http)
+        now = time.time()
+        counts.append(len(items))
+        ages.extend(now - rfc3339_seconds(item["timestamp"]) for item in items)
+        await trio.sleep(AGE_POLL)
+    out["served_nodes_min"] = min(counts, default=0)
+    out["node_age_s"] = {
+        "p50": percentile(ages, 50), "p99": percentile(ages, 99), "max": max(ages, default=0.0)
+    }
+
+
+async def measure_size(size: Size, args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    workdir = base / str(size)
+    workdir.mkdir(parents=True)
+    result: dict[str, Any] = {"nodes": size.nodes, "pods_per_node": size.pods_per_node}
+    sim_log = (workdir / "sim.log").open("wb")
+    sim_argv = [
+        sys.executable, "-m", "metrics_server.simulator", "--no-metrics-server",
+        "--nodes", str(size.nodes), "--pods-per-node", str(size.pods_per_node),
+        "--kubelet-refresh", str(args.kubelet_refresh), "--workdir", str(workdir),
+    ]
+    sim_started = time.monotonic()
+    sim = await trio.lowlevel.open_process(sim_argv, stdout=sim_log, stderr=subprocess.STDOUT)
+    ms: trio.Process | None = None
+    try:
+        with trio.fail_after(SIM_READY_TIMEOUT):
+            while not (workdir / "workloads.json").exists():
+                if sim.returncode is not None:
+                    raise RuntimeError(f"simulator exited: see {workdir / 'sim.log'}")
+                await trio.sleep(0.2)
+        result["sim_start_s"] = time.monotonic() - sim_started
+        result["sim_rss_mib"] = rss_mib(sim.pid)
+
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        ms_log = (workdir / "metrics-server.log").open("wb")
+        t0 = time.monotonic()
+        ms = await trio.lowlevel.open_process(
+            metrics_server_argv(workdir, port, args.resolution),
+            stdout=ms_log, stderr=subprocess.STDOUT,
+        )
+        pids = [ms.pid, sim.pid]
+        async with client(url, workdir / "pki", connections=4) as http:
+            # Start-up: process start until the node list holds every node.
+            with trio.fail_after(STARTUP_TIMEOUT):
+                while len(await _served_nodes(http)) < size.nodes:
+                    if ms.returncode is not None:
+                        raise RuntimeError(f"metrics server exited: see {ms_log.name}")
+                    await trio.sleep(NODE_POLL)
+            result["startup_s"] = time.monotonic() - t0
+            result["rss_at_startup_mib"] = rss_mib(ms.pid)
+            # Past the quick start-up re-scrapes, every node is on its own phase.
+            await trio.sleep(max(args.warmup - (time.monotonic() - t0), 0))
+
+            idle = Samples()
+            ages: dict[str, Any] = {}
+            before = await _self_metrics(http)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample, idle, pids, args.window)
+                nursery.start_soon(_node_ages, http, args.window, ages)
+            after = await _self_metrics(http)
+            ok = _counter(after, "metrics_server_kubelet_request_total", 'success="true"') - \
+                _counter(before, "metrics_server_kubelet_request_total", 'success="true"')
+            failed = _counter(after, "metrics_server_kubelet_request_total", 'success="false"') - \
+                _counter(before, "metrics_server_kubelet_request_total", 'success="false"')
+            dur_sum = _counter(after, "metrics_server_kubelet_request_duration_seconds_sum") - \
+                _counter(before, "metrics_server_kubelet_request_duration_seconds_sum")
+            dur_n = _counter(after, "metrics_server_kubelet_request_duration_seconds_count") - \
+                _counter(before, "metrics_server_kubelet_request_duration_seconds_count")
+            window = idle.times[-1] - idle.times[0]
+            periods = window / parse_duration(args.resolution)
+            result["idle"] = {
+                "window_s": window,
+                "cpu_cores": idle.cores(ms.pid),
+                "rss_mean_mib": idle.rss_mean(ms.pid),
+                "rss_max_mib": idle.rss_max(ms.pid),
+                "sim_cpu_cores": idle.cores(sim.pid),
+                "scrapes_ok": ok,
+                "scrapes_failed": failed,
+                "scrapes_per_node_per_period": ok / periods / size.nodes if size.nodes else 0.0,
+                "scrape_mean_ms": dur_sum / dur_n * 1000 if dur_n else math.nan,
+                **ages,
+            }
+
+            if args.qps > 0 and size.pods_per_node > 0:
+                loaded = Samples()
+                out = workdir / "load.json"
+                load_argv = [
+                    sys.executable, "-m", "tests.bench.load", "--url", url,
+                    "--workdir", str(workdir), "--rate", str(args.qps),
+                    "--duration", str(args.window), "--out", str(out),
+                ]
+                load = await trio.lowlevel.open_process(load_argv)
+                try:
+                    await sample(loaded, [*pids, load.pid], args.window)
+                    with trio.fail_after(args.window + 60):
+                        await load.wait()
+                finally:
+                    await stop(load)
+                result["load"] = {
+                    "cpu_cores": loaded.cores(ms.pid),
+                    "rss_max_mib": loaded.rss_max(ms.pid),
+                    "sim_cpu_cores": loaded.cores(sim.pid),
+                    "load_cpu_cores": loaded.cores(load.pid),
+                    **json.loads(out.read_text()),
+                }
+
+            if args.list_all and size.pods_per_node > 0:
+                result["list_all"] = await _list_all(http, ms.pid)
+        result["rss_end_mib"] = rss_mib(ms.pid)
+    finally:
+        if ms is not None:
+            await stop(ms)
+        await stop(sim)
+        sim_log.close()
+    return result
+
+
+async def _list_all(http: httpx.AsyncClient, pid: int) -> dict[str, Any]:
+    """One cluster-wide pod list: seconds to the last byte, RSS before and at its peak."""
+    before = rss_mib(pid)
+    peak = before
+    done = trio.Event()
+
+    async def watch_rss() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mib(pid))
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_rss)
+        started = time.monotonic()
+        response = await http.get("/apis/metrics.k8s.io/v1beta1/pods", timeout=60)
+        seconds = time.monotonic() - started
+        done.set()
+    items = len(response.json()["items"]) if response.status_code == 200 else 0
+    return {
+        "seconds": seconds, "status": response.status_code, "items": items,
+        "bytes": len(response.content), "rss_before_mib": before, "rss_peak_mib": peak,
+    }
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+
+def per_node(results: list[dict[str, Any]]) -> None:
+    """Add per-node figures and ratios to upstream's published sizing; the first result with 0
+    nodes is the RSS baseline."""
+    base = next((r for r in results if r["nodes"] == 0), None)
+    base_rss = base["idle"]["rss_mean_mib"] if base else 0.0
+    for r in results:
+        if r["nodes"] == 0:
+            continue
+        idle = r["idle"]
+        mcpu = idle["cpu_cores"] * 1000
+        growth = idle["rss_mean_mib"] - base_rss
+        r["summary"] = {
+            "mcpu": mcpu,
+            "mcpu_per_node": mcpu / r["nodes"],
+            "rss_mib": idle["rss_mean_mib"],
+            "rss_growth_mib": growth if base else None,
+            "rss_growth_per_node_mib": growth / r["nodes"] if base else None,
+            "cpu_ratio_to_upstream": mcpu / r["nodes"] / UPSTREAM_MCPU_PER_NODE,
+            "rss_ratio_to_upstream": (growth / r["nodes"] / UPSTREAM_MIB_PER_NODE)
+            if base else None,
+            "sim_saturated": idle["sim_cpu_cores"] > 0.9,
+        }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'size':>10} {'mCPU':>7} {'mCPU/node':>9} {'RSS MiB':>8} {'MiB/node':>8} "
+        f"{'start s':>7} {'scr/per':>7} {'age p99':>7} {'q p99ms':>7} {'list s':>6} "
+        f"{'list RSS':>9} {'sim CPU':>7}"
+    )
+    lines = [head]
+    for r in results:
+        idle = r["idle"]
+        s = r.get("summary", {})
+        load = r.get("load", {})
+        lst = r.get("list_all", {})
+
+        def f(v: Any, spec: str) -> str:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                width = "".join(c for c in spec.split(".", maxsplit=1)[0] if c.isdigit())
+                return "-".rjust(int(width or 1))
+            return format(v, spec)
+
+        lines.append(
+            f"{r['nodes']:>5}x{r['pods_per_node']:<4} {f(idle['cpu_cores'] * 1000, '7.1f')} "
+            f"{f(s.get('mcpu_per_node'), '9.4f')} {f(idle['rss_mean_mib'], '8.1f')} "
+            f"{f(s.get('rss_growth_per_node_mib'), '8.4f')} {f(r.get('startup_s'), '7.2f')} "
+            f"{f(idle.get('scrapes_per_node_per_period'), '7.3f')} "
+            f"{f(idle.get('node_age_s', {}).get('p99'), '7.2f')} "
+            f"{f(load.get('latency_ms', {}).get('p99'), '7.1f')} {f(lst.get('seconds'), '6.2f')} "
+            f"{f(lst.get('rss_before_mib'), '4.0f')}>{f(lst.get('rss_peak_mib'), '<4.0f')} "
+            f"{f(idle['sim_cpu_cores'], '7.2f')}"
+        )
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    base = Path(tempfile.mkdtemp(prefix="ms-bench-"))
+    results = []
+    try:
+        for size in args.sizes:
+            print(f"== {size} ...", flush=True)
+            r = await measure_size(size, args, base)
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "load"}), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base}")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=lambda t: [Size.parse(s) for s in t.split(",")],
+                   default=[Size(0, 0), Size(100, 70), Size(1000, 30)],
+                   help="comma-separated NODESxPODS (default 0x0,100x70,1000x30)")
+    p.add_argument("--resolution", default="15s", help="--metric-resolution (default 15s)")
+    p.add_argument("--kubelet-refresh", type=float, default=1.0)
+    p.add_argument("--warmup", type=float, default=30.0,
+                   help="seconds after start before measuring (default 30)")
+    p.add_argument("--window", type=float, default=60.0,
+                   help="seconds of each measurement window (default 60)")
+    p.add_argument("--qps", type=float, default=200.0, help="HPA-style queries per second")
+    p.add_argument("--no-list-all", dest="list_all", action="store_false")
+    p.add_argument("--json", type=Path, default=None, help="write results here")
+    p.add_argument("--keep", action="store_true", help="keep work directories and logs")
+    p.add_argument("--check", type=Path, default=None,
+                   help="recorded results (JSON); fail if a per-node figure is 3x worse")
+    return p.parse_args(argv)
+
+
+def check(results: list[dict[str, Any]], recorded_path: Path, factor: float = 3.0) -> list[str]:
+    """Gross regressions against recorded figures (by the nearest recorded node count)."""
+    recorded = [r for r in json.loads(recorded_path.read_text())["results"] if r["nodes"]]
+    problems = []
+    for r in results:
+        if not r["nodes"]:
+            continue
+        ref = min(recorded, key=lambda x: abs(x["nodes"] - r["nodes"]))
+        for key in ("mcpu_per_node", "rss_growth_per_node_mib"):
+            got, want = r["summary"].get(key), ref["summary"].get(key)
+            if got is not None and want and got > factor * max(want, 0.0):
+                problems.append(f"{r['nodes']} nodes: {key} {got:.4f} > {factor}x {want:.4f}")
+        if r["startup_s"] > factor * ref["startup_s"] + 5:
+            problems.append(f"{r['nodes']} nodes: start-up {r['startup_s']:.1f}s "
+                            f"> {factor}x {ref['startup_s']:.1f}s")
+        if r["idle"]["scrapes_per_node_per_period"] < 0.9:
+            problems.append(f"{r['nodes']} nodes: only "
+                            f"{r['idle']['scrapes_per_node_per_period']:.2f} scrapes/node/period")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = trio.run(run, args)
+    per_node(results)
+    print(table(results))
+    doc = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "platform": sys.platform},
+        "args": {k: (str(v) if not isinstance(v, (int, float, bool)) else v)
+                 for k, v in vars(args).items()},
+        "results": results,
+    }
+    if args.json is not None:
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
+    if args.check is not None:
+        problems = check(results, args.check)
+        for problem in problems:
+            print(f"REGRESSION: {problem}")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
