@@ -1,26 +1,28 @@
-"""The Metrics API's resources: selectors, joins of cache and store, and JSON rendering.
+"""The Metrics API's resources: selectors, joins of cache and store, and rendering in every
+negotiated form (JSON, YAML, protobuf; the object itself, a Table or PartialObjectMetadata).
 
-`MetricsAPI` answers a parsed request with bytes; it knows nothing of HTTP frameworks,
-so it is tested directly and served by `api.app`. Objects follow SPEC §5: lists are
-sorted (nodes by name, pods by namespace then name) and leave out objects without
-complete metrics; a get of such an object is 404.
+`MetricsAPI` answers a parsed request (query and negotiated `Choice`) with bytes; it knows
+nothing of HTTP frameworks, so it is tested directly and served by `api.app`. Objects follow
+SPEC §5: lists are sorted (nodes by name, pods by namespace then name) and leave out objects
+without complete metrics; a get of such an object is 404.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
 
-import orjson
-
+from metrics_server.api import protobuf, serialize, tables
+from metrics_server.api.negotiate import JSON, PROTOBUF, Choice
 from metrics_server.api.selectors import (
     LabelSelector,
     SelectorError,
     parse_field_selector,
     parse_label_selector,
 )
-from metrics_server.api.status import bad_request, not_found
+from metrics_server.api.status import ApiError, bad_request, not_found
 from metrics_server.models import NodeInfo, NodeUsage, PodInfo, PodUsage
 from metrics_server.quantity import (
     format_cpu,
@@ -32,6 +34,8 @@ from metrics_server.quantity import (
 API_VERSION = "metrics.k8s.io/v1beta1"
 NODE_FIELDS = ("metadata.name",)
 POD_FIELDS = ("metadata.name", "metadata.namespace")
+JSON_CHOICE: Final = Choice(JSON)
+_NO_QUERY: Final[Mapping[str, str]] = {}
 
 
 class Usages(Protocol):
@@ -50,6 +54,23 @@ class Pods(Protocol):
     def get(self, namespace: str, name: str) -> PodInfo | None: ...
     def in_namespace(self, namespace: str) -> Iterable[PodInfo]: ...
     def all_sorted(self) -> Iterable[PodInfo]: ...
+
+
+InfoT = TypeVar("InfoT", NodeInfo, PodInfo)
+UsageT = TypeVar("UsageT", NodeUsage, PodUsage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind(Generic[InfoT, UsageT]):
+    """How one resource renders in each form."""
+
+    kind: str
+    list_kind: str
+    item: Callable[[InfoT, UsageT, str], dict[str, Any]]
+    """JSON item (metadata, timestamp, window, usage) given the creationTimestamp text."""
+    proto: Callable[[InfoT, UsageT, bytes], bytes]
+    """Protobuf message given the encoded creationTimestamp field."""
+    cells: Callable[[InfoT, UsageT], list[Any]]
 
 
 class MetricsAPI:
@@ -77,23 +98,24 @@ class MetricsAPI:
 
     # -- nodes -------------------------------------------------------------------------
 
-    def get_node(self, name: str) -> bytes:
+    def get_node(
+        self, name: str, query: Mapping[str, str] = _NO_QUERY, choice: Choice = JSON_CHOICE
+    ) -> bytes:
+        _check_view(choice, query, single=True)
         info = self._nodes.get(name)
         usage = self._store.node_usage(name) if info is not None else None
         if info is None or usage is None or not self._node_selector.matches(info.labels):
             raise not_found("nodemetrics", name)
         now_ns = time.time_ns()
         self._served(usage.timestamp, now_ns)
-        item = _node_item(info, usage, format_timestamp(now_ns))
-        item = {"kind": "NodeMetrics", "apiVersion": API_VERSION, **item}
-        return orjson.dumps(item)
+        return _render_one(_NODE, info, usage, now_ns, choice, query)
 
-    def list_nodes(self, query: Mapping[str, str]) -> bytes:
+    def list_nodes(self, query: Mapping[str, str], choice: Choice = JSON_CHOICE) -> bytes:
+        _check_view(choice, query, single=False)
         labels = _label_selector(query)
         fields = _field_selector(query, NODE_FIELDS)
         now_ns = time.time_ns()
-        now = format_timestamp(now_ns)
-        items = []
+        selected: list[tuple[NodeInfo, NodeUsage]] = []
         for info in self._nodes.sorted():
             if not labels.matches(info.labels) or not self._node_selector.matches(info.labels):
                 continue
@@ -102,29 +124,39 @@ class MetricsAPI:
             usage = self._store.node_usage(info.name)
             if usage is not None:
                 self._served(usage.timestamp, now_ns)
-                items.append(_node_item(info, usage, now))
-        return _list("NodeMetricsList", items)
+                selected.append((info, usage))
+        return _render_list(_NODE, selected, now_ns, choice, query)
 
     # -- pods --------------------------------------------------------------------------
 
-    def get_pod(self, namespace: str, name: str) -> bytes:
+    def get_pod(
+        self,
+        namespace: str,
+        name: str,
+        query: Mapping[str, str] = _NO_QUERY,
+        choice: Choice = JSON_CHOICE,
+    ) -> bytes:
+        _check_view(choice, query, single=True)
         info = self._pods.get(namespace, name)
         usage = self._store.pod_usage(namespace, name) if info is not None else None
         if info is None or usage is None:
             raise not_found("podmetrics", f"{namespace}/{name}")
         now_ns = time.time_ns()
         self._served(usage.timestamp, now_ns)
-        item = _pod_item(info, usage, format_timestamp(now_ns))
-        return orjson.dumps({"kind": "PodMetrics", "apiVersion": API_VERSION, **item})
+        return _render_one(_POD, info, usage, now_ns, choice, query)
 
-    def list_pods(self, namespace: str | None, query: Mapping[str, str]) -> bytes:
+    def list_pods(
+        self, namespace: str | None, query: Mapping[str, str], choice: Choice = JSON_CHOICE
+    ) -> bytes:
+        _check_view(choice, query, single=False)
         labels = _label_selector(query)
         fields = _field_selector(query, POD_FIELDS)
         now_ns = time.time_ns()
-        now = format_timestamp(now_ns)
         pods = self._pods.all_sorted() if namespace is None else self._pods.in_namespace(namespace)
         pod_usage = self._store.pod_usage
-        items = []
+        on_served = self._on_served
+        selected: list[tuple[PodInfo, PodUsage]] = []
+        append = selected.append
         for info in pods:
             if not labels.empty and not labels.matches(info.labels):
                 continue
@@ -134,9 +166,34 @@ class MetricsAPI:
                 continue
             usage = pod_usage(info.namespace, info.name)
             if usage is not None:
-                self._served(usage.timestamp, now_ns)
-                items.append(_pod_item(info, usage, now))
-        return _list("PodMetricsList", items)
+                if on_served is not None:
+                    on_served((now_ns - usage.timestamp) / 1e9)
+                append((info, usage))
+        return _render_list(_POD, selected, now_ns, choice, query)
+
+
+# -- request checks ----------------------------------------------------------------------
+
+
+def _check_view(choice: Choice, query: Mapping[str, str], *, single: bool) -> None:
+    """Refuse views that cannot apply before doing any work, as kube-apiserver does."""
+    conversion = choice.conversion
+    if conversion is None:
+        return
+    if conversion.kind == "Table":
+        tables.include_object(query)
+    elif conversion.kind == "PartialObjectMetadata" and not single:
+        raise ApiError(
+            406,
+            "NotAcceptable",
+            "you requested PartialObjectMetadata, but the requested object is a list",
+        )
+    elif conversion.kind == "PartialObjectMetadataList" and single:
+        raise ApiError(
+            406,
+            "NotAcceptable",
+            "you requested PartialObjectMetadataList, but the requested object is not a list",
+        )
 
 
 def _label_selector(query: Mapping[str, str]) -> LabelSelector:
@@ -157,6 +214,25 @@ def _field_selector(query: Mapping[str, str], allowed: tuple[str, ...]) -> Any:
         raise bad_request(f'unable to parse fieldSelector "{text}": {exc}') from None
 
 
+# -- JSON items --------------------------------------------------------------------------
+
+# Pods scraped from one kubelet share a timestamp, and formatting one is the costliest step of
+# a JSON item; remembering recent texts makes long lists several times cheaper.
+_TIMESTAMP_TEXTS_LIMIT: Final = 4096
+_timestamp_texts: dict[int, str] = {}
+
+
+def _timestamp(ns: int) -> str:
+    seconds = ns // 1_000_000_000
+    text = _timestamp_texts.get(seconds)
+    if text is None:
+        if len(_timestamp_texts) >= _TIMESTAMP_TEXTS_LIMIT:
+            _timestamp_texts.clear()
+        text = _timestamp_texts[seconds] = format_timestamp(ns)
+    return text
+
+
+
 def _metadata(name: str, namespace: str | None, labels: dict[str, str], now: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespace is not None:
@@ -170,7 +246,7 @@ def _metadata(name: str, namespace: str | None, labels: dict[str, str], now: str
 def _node_item(info: NodeInfo, usage: NodeUsage, now: str) -> dict[str, Any]:
     return {
         "metadata": _metadata(info.name, None, info.labels, now),
-        "timestamp": format_timestamp(usage.timestamp),
+        "timestamp": _timestamp(usage.timestamp),
         "window": format_go_duration(usage.window),
         "usage": {"cpu": format_cpu(usage.usage.cpu), "memory": format_memory(usage.usage.memory)},
     }
@@ -179,7 +255,7 @@ def _node_item(info: NodeInfo, usage: NodeUsage, now: str) -> dict[str, Any]:
 def _pod_item(info: PodInfo, usage: PodUsage, now: str) -> dict[str, Any]:
     return {
         "metadata": _metadata(info.name, info.namespace, info.labels, now),
-        "timestamp": format_timestamp(usage.timestamp),
+        "timestamp": _timestamp(usage.timestamp),
         "window": format_go_duration(usage.window),
         "containers": [
             {
@@ -194,5 +270,118 @@ def _pod_item(info: PodInfo, usage: PodUsage, now: str) -> dict[str, Any]:
     }
 
 
-def _list(kind: str, items: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"kind": kind, "apiVersion": API_VERSION, "metadata": {}, "items": items})
+# -- Table cells -------------------------------------------------------------------------
+
+
+def _node_cells(info: NodeInfo, usage: NodeUsage) -> list[Any]:
+    return [
+        info.name,
+        format_cpu(usage.usage.cpu),
+        format_memory(usage.usage.memory),
+        format_go_duration(usage.window),
+    ]
+
+
+def _pod_cells(info: PodInfo, usage: PodUsage) -> list[Any]:
+    cpu = sum(c.usage.cpu for c in usage.containers)
+    memory = sum(c.usage.memory for c in usage.containers)
+    return [info.name, format_cpu(cpu), format_memory(memory), format_go_duration(usage.window)]
+
+
+_NODE: Final[_Kind[NodeInfo, NodeUsage]] = _Kind(
+    "NodeMetrics", "NodeMetricsList", _node_item, protobuf.node_metrics, _node_cells
+)
+_POD: Final[_Kind[PodInfo, PodUsage]] = _Kind(
+    "PodMetrics", "PodMetricsList", _pod_item, protobuf.pod_metrics, _pod_cells
+)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _render_one(
+    kind: _Kind[InfoT, UsageT],
+    info: InfoT,
+    usage: UsageT,
+    now_ns: int,
+    choice: Choice,
+    query: Mapping[str, str],
+) -> bytes:
+    conversion = choice.conversion
+    if conversion is None:
+        if choice.media_type == PROTOBUF:
+            raw = kind.proto(info, usage, protobuf.creation_field(now_ns))
+            return protobuf.envelope(API_VERSION, kind.kind, raw)
+        doc = {"kind": kind.kind, "apiVersion": API_VERSION,
+               **kind.item(info, usage, format_timestamp(now_ns))}
+        return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)
+    return _render_converted(kind, [(info, usage)], now_ns, choice, query, single=True)
+
+
+def _render_list(
+    kind: _Kind[InfoT, UsageT],
+    selected: list[tuple[InfoT, UsageT]],
+    now_ns: int,
+    choice: Choice,
+    query: Mapping[str, str],
+) -> bytes:
+    if choice.conversion is None:
+        if choice.media_type == PROTOBUF:
+            creation = protobuf.creation_field(now_ns)
+            proto = kind.proto
+            raw = protobuf.list_message([proto(i, u, creation) for i, u in selected])
+            return protobuf.envelope(API_VERSION, kind.list_kind, raw)
+        now = format_timestamp(now_ns)
+        item = kind.item
+        doc = {
+            "kind": kind.list_kind,
+            "apiVersion": API_VERSION,
+            "metadata": {},
+            "items": [item(i, u, now) for i, u in selected],
+        }
+        return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)
+    return _render_converted(kind, selected, now_ns, choice, query, single=False)
+
+
+def _render_converted(
+    kind: _Kind[InfoT, UsageT],
+    selected: list[tuple[InfoT, UsageT]],
+    now_ns: int,
+    choice: Choice,
+    query: Mapping[str, str],
+    *,
+    single: bool,
+) -> bytes:
+    conversion = choice.conversion
+    assert conversion is not None
+    group_version = conversion.group_version
+    now = format_timestamp(now_ns)
+    item = kind.item
+    if conversion.kind == "Table":
+        include = tables.include_object(query)
+        rows = []
+        for info, usage in selected:
+            obj: dict[str, Any] | None = None
+            if include == tables.INCLUDE_METADATA:
+                obj = tables.partial(item(info, usage, now)["metadata"], group_version)
+            elif include == tables.INCLUDE_OBJECT:
+                obj = {"kind": kind.kind, "apiVersion": API_VERSION, **item(info, usage, now)}
+            rows.append(tables.row(kind.cells(info, usage), obj))
+        doc = tables.table(rows, group_version)
+        return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)
+    # PartialObjectMetadata for a get, PartialObjectMetadataList for a list (checked before).
+    if choice.media_type == PROTOBUF:
+        creation = protobuf.creation_field(now_ns)
+        metas = [
+            protobuf.partial_object_metadata(
+                protobuf.object_meta(i.name, getattr(i, "namespace", None), i.labels, creation)
+            )
+            for i, _ in selected
+        ]
+        if single:
+            return protobuf.envelope(group_version, "PartialObjectMetadata", metas[0])
+        raw = protobuf.list_message(metas)
+        return protobuf.envelope(group_version, "PartialObjectMetadataList", raw)
+    partials = [tables.partial(item(i, u, now)["metadata"], group_version) for i, u in selected]
+    doc = partials[0] if single else tables.partial_list(partials, group_version)
+    return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)

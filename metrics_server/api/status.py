@@ -1,11 +1,16 @@
-"""Kubernetes `Status` error objects (metav1.Status), as every apiserver answers failures."""
+"""Kubernetes `Status` error objects (metav1.Status), as every apiserver answers failures,
+in JSON, YAML or protobuf as the request negotiated."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from metrics_server.api import protobuf, serialize
+from metrics_server.api.negotiate import PROTOBUF
 
 GROUP = "metrics.k8s.io"
 
@@ -20,6 +25,17 @@ class ApiError(Exception):
     details: dict[str, Any] | None = None
 
     def body(self) -> bytes:
+        """The Status as JSON."""
+        return orjson.dumps(self.as_dict())
+
+    def encode(self, media_type: str) -> bytes:
+        """The Status in a negotiated media type (JSON, YAML or Kubernetes protobuf)."""
+        if media_type == PROTOBUF:
+            raw = protobuf.status(self.code, self.reason, self.message, self.details)
+            return protobuf.envelope("v1", "Status", raw)
+        return serialize.dumps(self.as_dict(), media_type)
+
+    def as_dict(self) -> dict[str, Any]:
         status: dict[str, Any] = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -31,7 +47,7 @@ class ApiError(Exception):
         if self.details:
             status["details"] = self.details
         status["code"] = self.code
-        return orjson.dumps(status)
+        return status
 
 
 def not_found(resource: str, name: str) -> ApiError:
@@ -60,9 +76,10 @@ def path_not_found(path: str) -> ApiError:
     return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
 
 
-def not_acceptable(accept: str) -> ApiError:
+def not_acceptable(accepted: Sequence[str]) -> ApiError:
+    """406, worded as kube-apiserver's NotAcceptableError."""
     return ApiError(
         406,
         "NotAcceptable",
-        f'only the following media types are accepted: application/json (asked for "{accept}")',
+        f"only the following media types are accepted: {', '.join(accepted)}",
     )
