@@ -1,6 +1,12 @@
 """The fake kube-apiserver: discovery, list/watch of nodes, pods, namespaces and configmaps,
 TokenReview/SubjectAccessReview, the metrics.k8s.io aggregation proxy and test fault hooks.
 
+As kube-apiserver's aggregator does, it also merges what the metrics server publishes into its
+own documents: aggregated discovery on /api and /apis (when the client asks for
+APIGroupDiscoveryList), the OpenAPI v2 document, and the /openapi/v3 index, whose metrics.k8s.io
+entry it serves from the metrics server. It fetches those as "system:kube-aggregator" over the
+front-proxy client certificate, on each request (no cache: tests change the metrics server).
+
 Hand-written on h11 (`_http.py`) rather than Quart-Trio on Hypercorn because the simulator needs
 what a framework hides: peer certificates, streaming watches that a test can cut mid-stream,
 a listener that goes down and comes back on the same port, and low per-request overhead when
@@ -10,6 +16,7 @@ thousands of clients list and watch.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +50,22 @@ _HOP_HEADERS = frozenset({
 })
 _STRIPPED_PREFIXES = ("x-remote-", "impersonate-")
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+DOCUMENT_TIMEOUT = 5.0
+AGGREGATED_KIND = "APIGroupDiscoveryList"
+METRICS_GV_PATH = "apis/metrics.k8s.io/v1beta1"
+OPENAPI_V2_PROTOBUF = (
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+)
+# Response headers of the metrics server worth passing on to clients.
+_PASSED_HEADERS = ("content-type", "etag", "vary", "cache-control", "expires", "location",
+                   "last-modified")
+# Groups this apiserver serves itself: name → (version, [(resource, kind, verbs)]).
+_OWN_GROUPS: dict[str, tuple[str, list[tuple[str, str, list[str]]]]] = {
+    "authentication.k8s.io": ("v1", [("tokenreviews", "TokenReview", ["create"])]),
+    "authorization.k8s.io": ("v1", [("subjectaccessreviews", "SubjectAccessReview",
+                                     ["create"])]),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +142,19 @@ def negotiate(accept: str) -> str | None:
         ) == "meta.k8s.io":
             return "meta"
         # Table and anything else we cannot render: try the next media range.
+    return None
+
+
+def aggregated_version(accept: str) -> str | None:
+    """"v2" or "v2beta1" when the Accept header asks for JSON aggregated discovery first."""
+    for media in accept.split(","):
+        kind, *params = (p.strip() for p in media.split(";"))
+        opts = dict(p.split("=", 1) for p in params if "=" in p)
+        if (kind == JSON and opts.get("as") == AGGREGATED_KIND
+                and opts.get("g") == "apidiscovery.k8s.io" and opts.get("v") in ("v2", "v2beta1")):
+            return opts["v"]
+        if kind in (JSON, "*/*", "application/*") and "as" not in opts:
+            return None
     return None
 
 
@@ -211,6 +247,11 @@ class FakeAPIServer:
         elif path.startswith(("/apis/authentication.k8s.io/v1/tokenreviews",
                               "/apis/authorization.k8s.io/v1/subjectaccessreviews")):
             await self._review(request, respond, user, segments)
+        elif path == "/openapi" or path.startswith("/openapi/"):
+            await self._openapi(request, respond, path)
+        elif path in ("/api", "/apis") and (version := aggregated_version(
+                request.header("accept"))):
+            await self._aggregated_discovery(respond, path, version)
         else:
             await self._discovery(request, respond, path)
 
@@ -473,6 +514,133 @@ class FakeAPIServer:
                 if world.drop_generation != drop_generation:
                     await respond.abort()
 
+    # ---- what the aggregator merges from the metrics server -----------------------------------
+
+    async def _fetch_upstream(
+        self, target: str, headers: list[tuple[str, str]]
+    ) -> httpx.Response | None:
+        """GET `target` from the metrics server as the aggregator; None when it cannot answer."""
+        upstream = self.upstream
+        if upstream is None:
+            return None
+        identity = [("x-remote-user", "system:kube-aggregator"),
+                    ("x-remote-group", "system:masters")]
+        try:
+            with trio.fail_after(DOCUMENT_TIMEOUT):
+                return await upstream.client.get(upstream.url + target,
+                                                 headers=[*headers, *identity])
+        except (httpx.HTTPError, trio.TooSlowError, ssl.SSLError, OSError):
+            return None
+
+    async def _metrics_discovery(self) -> list[Obj]:
+        """The metrics server's APIGroupDiscovery items: its aggregated /apis, or its legacy
+        resource list converted, as kube-apiserver does for servers without aggregation."""
+        response = await self._fetch_upstream("/apis", [(
+            "accept", f"application/json;g=apidiscovery.k8s.io;v=v2;as={AGGREGATED_KIND},"
+            "application/json")])
+        if response is None or response.status_code != 200:
+            return []
+        if f"as={AGGREGATED_KIND}" in response.headers.get("content-type", ""):
+            items: list[Obj] = orjson.loads(response.content).get("items") or []
+            return items
+        legacy = await self._fetch_upstream("/apis/metrics.k8s.io/v1beta1",
+                                            [("accept", JSON)])
+        if legacy is None or legacy.status_code != 200:
+            return []
+        resources = [
+            {"resource": r["name"],
+             "responseKind": {"group": "metrics.k8s.io", "version": "v1beta1",
+                              "kind": r["kind"]},
+             "scope": "Namespaced" if r.get("namespaced") else "Cluster",
+             "singularResource": r.get("singularName", ""), "verbs": r.get("verbs", [])}
+            for r in orjson.loads(legacy.content).get("resources", [])
+        ]
+        return [{"metadata": {"name": "metrics.k8s.io", "creationTimestamp": None},
+                 "versions": [{"version": "v1beta1", "resources": resources,
+                               "freshness": "Current"}]}]
+
+    async def _aggregated_discovery(self, respond: Responder, path: str, version: str) -> None:
+        if path == "/api":
+            resources = [
+                {"resource": r.name, "responseKind": {"group": "", "version": "v1",
+                                                      "kind": r.kind},
+                 "scope": "Namespaced" if r.namespaced else "Cluster",
+                 "singularResource": r.kind.lower(), "verbs": _VERBS,
+                 "shortNames": list(r.short),
+                 **({"categories": ["all"]} if r.name == "pods" else {})}
+                for r in RESOURCES.values()
+            ]
+            items: list[Obj] = [{"metadata": {"creationTimestamp": None}, "versions": [
+                {"version": "v1", "resources": resources, "freshness": "Current"}]}]
+        else:
+            items = [
+                {"metadata": {"name": name, "creationTimestamp": None}, "versions": [{
+                    "version": gv, "freshness": "Current", "resources": [
+                        {"resource": plural, "responseKind": {"group": name, "version": gv,
+                                                              "kind": kind},
+                         "scope": "Cluster", "singularResource": kind.lower(), "verbs": verbs}
+                        for plural, kind, verbs in resources_]}]}
+                for name, (gv, resources_) in _OWN_GROUPS.items()
+            ]
+            items += await self._metrics_discovery()
+        body = orjson.dumps({"kind": AGGREGATED_KIND,
+                             "apiVersion": f"apidiscovery.k8s.io/{version}",
+                             "metadata": {}, "items": items})
+        content_type = f"{JSON};g=apidiscovery.k8s.io;v={version};as={AGGREGATED_KIND}"
+        await respond.start(200, [("content-type", content_type)], body)
+
+    async def _openapi(self, request: Request, respond: Responder, path: str) -> None:
+        if path == "/openapi/v2":
+            await self._openapi_v2(request, respond)
+        elif path == "/openapi/v3":
+            paths: Obj = {}
+            response = await self._fetch_upstream("/openapi/v3", [("accept", JSON)])
+            if response is not None and response.status_code == 200:
+                entry = orjson.loads(response.content).get("paths", {}).get(METRICS_GV_PATH)
+                if entry:
+                    paths[METRICS_GV_PATH] = entry
+            await _send_json(respond, {"paths": paths})
+        elif path == f"/openapi/v3/{METRICS_GV_PATH}":
+            forwarded = [(k, v) for k, v in request.headers if k in ("accept", "if-none-match")]
+            response = await self._fetch_upstream(request.target, forwarded)
+            if response is None:
+                await _send_status(respond, 503, "ServiceUnavailable", "service unavailable")
+                return
+            headers = [(k, response.headers[k]) for k in _PASSED_HEADERS if k in response.headers]
+            await respond.start(response.status_code, headers, response.content)
+        else:
+            await _send_status(respond, 404, "NotFound",
+                               "the server could not find the requested resource")
+
+    async def _openapi_v2(self, request: Request, respond: Responder) -> None:
+        accept = request.header("accept")
+        kinds = [p.split(";", 1)[0].strip().lower() for p in accept.split(",")] if accept else []
+        if kinds and not any(k in (JSON, "*/*", "application/*") for k in kinds):
+            # Serving gnostic protobuf is beyond the simulator; JSON clients are served.
+            await _send_status(respond, 406, "NotAcceptable",
+                               "only the following media types are accepted: application/json")
+            return
+        spec: Obj = {
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": "v1.35.0-sim"},
+            "paths": {"/version/": {"get": {
+                "operationId": "getCodeVersion", "produces": [JSON], "schemes": ["https"],
+                "responses": {"200": {"description": "OK"}}}}},
+            "definitions": {},
+        }
+        response = await self._fetch_upstream("/openapi/v2", [("accept", JSON)])
+        if response is not None and response.status_code == 200:
+            theirs = orjson.loads(response.content)
+            for section in ("paths", "definitions"):
+                for key, value in (theirs.get(section) or {}).items():
+                    spec[section].setdefault(key, value)
+        body = orjson.dumps(spec)
+        etag = '"' + hashlib.sha512(body).hexdigest().upper() + '"'
+        if request.header("if-none-match") == etag:
+            await respond.start(304, [("etag", etag)], b"")
+        else:
+            await respond.start(200, [("content-type", JSON), ("etag", etag)], body)
+
     # ---- reviews ----------------------------------------------------------------------------
 
     async def _review(
@@ -569,6 +737,7 @@ class FakeAPIServer:
         try:
             await respond.start(response.status_code, [
                 ("content-type", response.headers.get("content-type", JSON)),
+                *((k, response.headers[k]) for k in _PASSED_HEADERS[1:] if k in response.headers),
             ])
             try:
                 async for chunk in response.aiter_raw():

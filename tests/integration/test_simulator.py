@@ -241,7 +241,8 @@ async def test_authentication_discovery_and_nodes() -> None:
             assert metrics["preferredVersion"]["version"] == "v1beta1"
             aggregated = await c.get("/apis", headers={
                 "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"})
-            assert aggregated.headers["content-type"] == "application/json"
+            assert aggregated.headers["content-type"] == (
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
             names = {r["name"] for r in (await c.get("/api/v1")).json()["resources"]}
             assert {"nodes", "pods", "namespaces", "configmaps"} <= names
 
