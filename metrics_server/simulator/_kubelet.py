@@ -170,6 +170,7 @@ class FakeKubelet:
     async def _serve_requests(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
         buf = bytearray()
         while True:
+            request = None  # stays None when the idle timeout ends the wait
             with trio.move_on_after(IDLE_TIMEOUT):
                 request = await _read_head(tls, buf)
             if request is None:
