@@ -79,7 +79,12 @@ class KubeletTransport:
         return httpx.AsyncClient(
             verify=self._ssl,
             auth=self._auth,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            # No keep-alive expiry: httpx's default (5 s) is shorter than any resolution, so
+            # every scrape would pay a new TLS handshake. A connection the kubelet closed is
+            # noticed when taken from the pool and replaced.
+            limits=httpx.Limits(
+                max_connections=1, max_keepalive_connections=1, keepalive_expiry=None
+            ),
             # The caller's trio deadline bounds the whole request; this is a backstop.
             timeout=httpx.Timeout(self._options.request_timeout / 1e9 + 1),
             headers={"User-Agent": "metrics-server-py", "Accept": "text/plain"},

@@ -19,6 +19,7 @@ from typing import Protocol
 import httpx
 import trio
 
+from metrics_server.logs import log_kv
 from metrics_server.models import NodeInfo, NodeMetricsBatch
 from metrics_server.scraper.addresses import AddressError, kubelet_url
 from metrics_server.scraper.decode import DecodeError, decode
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 QUICK_RESCRAPE_SECONDS = (1.0, 1.0, 2.0, 2.0, 4.0)
 """Delays between start-up scrapes until the node has a rate; then the normal period."""
+
+CONNECTING_LIMIT = 32
+"""Scrapes that may open a new connection at once. At start every node is due together, and
+thousands of concurrent TLS handshakes on a couple of cores all finish late, past their
+deadlines, together; queued before the deadline starts, they finish in a steady stream."""
 
 
 class NodeSink(Protocol):
@@ -89,6 +95,7 @@ class ScrapeManager:
         self.first_round = trio.Event()
         """Set once every node known at start has been scraped at least once."""
         self._first_round_pending: set[str] | None = None
+        self._connecting = trio.CapacityLimiter(CONNECTING_LIMIT)
 
     @property
     def nodes(self) -> dict[str, NodeState]:
@@ -120,7 +127,7 @@ class ScrapeManager:
                 if self._on_node_gone is not None:
                     self._on_node_gone(name)
                 self._mark_first_round(name)
-                log.info("node %s is gone; stopped scraping it", name)
+                log_kv(log, logging.INFO, "Node is gone; stopped scraping it", node=name)
             return
         if state is not None:
             state.info = info  # the task reads it before each scrape
@@ -147,8 +154,10 @@ class ScrapeManager:
         try:
             with state.scope:
                 quick = 0
-                while True:
+                # The first scrape opens the connection that later ones keep alive.
+                async with self._connecting:
                     ok = await self._scrape_once(state, client)
+                while True:
                     now = trio.current_time()
                     next_slot = self._next_slot(name, now)
                     if ok and quick < len(QUICK_RESCRAPE_SECONDS) and self._sink.node_usage(
@@ -160,6 +169,7 @@ class ScrapeManager:
                         quick = len(QUICK_RESCRAPE_SECONDS)
                         next_at = next_slot
                     await trio.sleep_until(next_at)
+                    ok = await self._scrape_once(state, client)
         finally:
             state.done.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -196,13 +206,21 @@ class ScrapeManager:
         if error is None:
             self._sink.store_node(info.name, batch)
             if state.last_error is not None:
-                log.info("node %s: scraping works again", info.name)
+                log_kv(log, logging.INFO, "Scraping node works again", node=info.name)
         else:
             state.failures += 1
             self._sink.drop_node(info.name)
             previous = state.last_error
             if previous is None or previous.reason != error.reason:
-                log.warning("Failed to scrape node: %s", error)
+                # Once per change of reason, not every cycle (upstream logs every cycle).
+                log_kv(
+                    log,
+                    logging.ERROR,
+                    "Failed to scrape node",
+                    err=error,
+                    node=info.name,
+                    reason=error.reason,
+                )
         state.last_error = error
         if self._on_result is not None:
             self._on_result(info.name, elapsed, error)
