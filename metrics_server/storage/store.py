@@ -23,12 +23,28 @@ class _Series(NamedTuple):
     prev: MetricsPoint | None
 
 
-class _Pod(NamedTuple):
-    series: tuple[_Series, ...]
-    """Sorted by container name."""
-    usage: PodUsage | None
-    prevs: int
-    """How many of `series` have a prev (for the storage_points gauge and readiness)."""
+class _Pod:
+    """One pod's series (sorted by container name) and, once asked for, its usage.
+
+    Usage is computed on first read, not at every scrape: between two scrapes most pods are
+    never queried, and the result is a pure function of the series, which never change.
+    """
+
+    __slots__ = ("_computed", "_usage", "prevs", "series")
+
+    def __init__(self, series: tuple[_Series, ...], prevs: int) -> None:
+        self.series = series
+        # How many of `series` have a prev, for the storage_points gauge and readiness.
+        self.prevs = prevs
+        self._usage: PodUsage | None = None
+        self._computed = False
+
+    @property
+    def usage(self) -> PodUsage | None:
+        if not self._computed:
+            self._usage = pod_usage(self.series)
+            self._computed = True
+        return self._usage
 
 
 @dataclass(slots=True, frozen=True)
@@ -173,22 +189,29 @@ class MetricsStore:
             return self._nodes_with_usage
 
     def _next_pod(self, containers: Mapping[str, MetricsPoint], before: _Pod | None) -> _Pod:
-        old = {s.name: s for s in before.series} if before is not None else {}
+        resolution = self._resolution_ns
+        names = sorted(containers) if len(containers) > 1 else list(containers)
+        olds = before.series if before is not None else ()
+        # The container set rarely changes, so pair by position and fall back to names.
+        if len(olds) != len(names) or any(
+            o.name != n for o, n in zip(olds, names, strict=True)
+        ):
+            by_name = {o.name: o for o in olds}
+            paired = [by_name.get(n) for n in names]
+        else:
+            paired = list(olds)
         series: list[_Series] = []
         prevs = 0
-        for cname in sorted(containers):
+        for cname, stored in zip(names, paired, strict=True):
             point = containers[cname]
-            stored = old.get(cname)
-            prev = container_prev(
-                point,
-                stored.last if stored is not None else None,
-                stored.prev if stored is not None else None,
-                self._resolution_ns,
-            )
+            if stored is None:
+                prev = container_prev(point, None, None, resolution)
+            else:
+                prev = container_prev(point, stored.last, stored.prev, resolution)
             if prev is not None:
                 prevs += 1
             series.append(_Series(cname, point, prev))
-        return _Pod(series=tuple(series), usage=pod_usage(series), prevs=prevs)
+        return _Pod(tuple(series), prevs)
 
     def _publish(self, name: str, state: _NodeState | None) -> None:
         """Swap node `name`'s state (None removes it), keeping the running totals."""
