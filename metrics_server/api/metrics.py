@@ -71,6 +71,8 @@ class _Kind(Generic[InfoT, UsageT]):
     proto: Callable[[InfoT, UsageT, bytes], bytes]
     """Protobuf message given the encoded creationTimestamp field."""
     cells: Callable[[InfoT, UsageT], list[Any]]
+    metadata: Callable[[InfoT, str], dict[str, Any]]
+    """JSON metadata given the creationTimestamp text."""
 
 
 class MetricsAPI:
@@ -288,11 +290,20 @@ def _pod_cells(info: PodInfo, usage: PodUsage) -> list[Any]:
     return [info.name, format_cpu(cpu), format_memory(memory), format_go_duration(usage.window)]
 
 
+def _node_metadata(info: NodeInfo, now: str) -> dict[str, Any]:
+    return _metadata(info.name, None, info.labels, now)
+
+
+def _pod_metadata(info: PodInfo, now: str) -> dict[str, Any]:
+    return _metadata(info.name, info.namespace, info.labels, now)
+
+
 _NODE: Final[_Kind[NodeInfo, NodeUsage]] = _Kind(
-    "NodeMetrics", "NodeMetricsList", _node_item, protobuf.node_metrics, _node_cells
+    "NodeMetrics", "NodeMetricsList", _node_item, protobuf.node_metrics, _node_cells,
+    _node_metadata,
 )
 _POD: Final[_Kind[PodInfo, PodUsage]] = _Kind(
-    "PodMetrics", "PodMetricsList", _pod_item, protobuf.pod_metrics, _pod_cells
+    "PodMetrics", "PodMetricsList", _pod_item, protobuf.pod_metrics, _pod_cells, _pod_metadata
 )
 
 
@@ -356,17 +367,25 @@ def _render_converted(
     assert conversion is not None
     group_version = conversion.group_version
     now = format_timestamp(now_ns)
-    item = kind.item
+    metadata = kind.metadata
     if conversion.kind == "Table":
         include = tables.include_object(query)
-        rows = []
-        for info, usage in selected:
-            obj: dict[str, Any] | None = None
-            if include == tables.INCLUDE_METADATA:
-                obj = tables.partial(item(info, usage, now)["metadata"], group_version)
-            elif include == tables.INCLUDE_OBJECT:
-                obj = {"kind": kind.kind, "apiVersion": API_VERSION, **item(info, usage, now)}
-            rows.append(tables.row(kind.cells(info, usage), obj))
+        cells = kind.cells
+        if include == tables.INCLUDE_METADATA:
+            rows = [
+                tables.row(cells(i, u), tables.partial(metadata(i, now), group_version))
+                for i, u in selected
+            ]
+        elif include == tables.INCLUDE_OBJECT:
+            item = kind.item
+            rows = [
+                tables.row(
+                    cells(i, u), {"kind": kind.kind, "apiVersion": API_VERSION, **item(i, u, now)}
+                )
+                for i, u in selected
+            ]
+        else:
+            rows = [tables.row(cells(i, u), None) for i, u in selected]
         doc = tables.table(rows, group_version)
         return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)
     # PartialObjectMetadata for a get, PartialObjectMetadataList for a list (checked before).
@@ -374,7 +393,7 @@ def _render_converted(
         creation = protobuf.creation_field(now_ns)
         metas = [
             protobuf.partial_object_metadata(
-                protobuf.object_meta(i.name, getattr(i, "namespace", None), i.labels, creation)
+                protobuf.object_meta(i.name, metadata(i, now).get("namespace"), i.labels, creation)
             )
             for i, _ in selected
         ]
@@ -382,6 +401,6 @@ def _render_converted(
             return protobuf.envelope(group_version, "PartialObjectMetadata", metas[0])
         raw = protobuf.list_message(metas)
         return protobuf.envelope(group_version, "PartialObjectMetadataList", raw)
-    partials = [tables.partial(item(i, u, now)["metadata"], group_version) for i, u in selected]
+    partials = [tables.partial(metadata(i, now), group_version) for i, _ in selected]
     doc = partials[0] if single else tables.partial_list(partials, group_version)
     return serialize.dumps(doc, choice.media_type, pretty=choice.pretty)
