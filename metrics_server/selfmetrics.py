@@ -1,22 +1,25 @@
-"""Self-metrics on /metrics: upstream's names, types, labels and buckets, plus our own.
+"""Self-metrics on /metrics: upstream's names, types, labels, help and buckets, plus ours.
 
-A private registry per daemon (tests run several). A node's series are removed when the
-node goes away, so a cluster with churn does not grow /metrics forever.
+Upstream registers its metrics through k8s.io/component-base, which prefixes each help text
+with the stability level ("[ALPHA] …"); we do the same so the exposition matches. A private
+registry per daemon (tests run several). A node's series are removed when the node goes
+away, so a cluster with churn does not grow /metrics forever (upstream keeps them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -28,67 +31,107 @@ if TYPE_CHECKING:
     from metrics_server.scraper.kubelet import ScrapeError
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""prometheus.DefBuckets."""
+
+ALPHA = "[ALPHA] "
+"""component-base's help prefix for metrics of stability level ALPHA (all of upstream's)."""
+
+_UINT64_MAX = float(2**64 - 1)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The text format upstream serves (and every Prometheus understands); newer
+prometheus_client versions default to announcing 1.0.0 for the same bytes."""
 
 
 def tick_buckets(resolution: float) -> tuple[float, ...]:
-    """Prometheus defaults plus ½, 1, 1.5 and 2 resolutions when resolution > 10 s."""
-    if resolution <= 10:
-        return DEFAULT_BUCKETS
-    extra = (resolution / 2, resolution, resolution * 1.5, resolution * 2)
-    return tuple(sorted(set(DEFAULT_BUCKETS + extra)))
+    """Upstream's `BucketsForScrapeDuration(resolution)` (pkg/utils/monitoring.go).
+
+    Above the largest default bucket (10 s) it appends the point halfway from 10 s to the
+    resolution, the resolution, 1.5× and 2× it; below, it inserts the resolution unless a
+    default bucket is within the smallest bucket width of it.
+    """
+    buckets = list(DEFAULT_BUCKETS)
+    largest = buckets[-1]
+    if resolution > largest:
+        halfway = largest + (resolution - largest) / 2
+        buckets += [halfway, resolution, resolution * 1.5, resolution * 2.0]
+    elif resolution < largest:
+        i = next(i for i, b in enumerate(buckets) if b > resolution)
+        close_above = buckets[i] - resolution < buckets[0]
+        close_below = i > 0 and resolution - buckets[i - 1] < buckets[0]
+        if close_above or close_below:
+            return tuple(buckets)
+        buckets.insert(i, resolution)
+    return tuple(buckets)
+
+
+def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
+    """prometheus.ExponentialBuckets, multiplied step by step as Go does (so the `le`
+    values are the same floats, not `start * factor**i`, which differs in the last bits)."""
+    out: list[float] = []
+    for _ in range(count):
+        out.append(start)
+        start *= factor
+    return tuple(out)
 
 
 def freshness_buckets() -> tuple[float, ...]:
-    return tuple(1.0 * 1.364**i for i in range(20))
+    return exponential_buckets(1.0, 1.364, 20)
 
 
 class SelfMetrics:
     """Owns the registry and the hooks the scraper, watches and API call."""
 
     def __init__(self, resolution: float) -> None:
+        # Go's client has no `_created` series; without this every counter and histogram
+        # would grow an extra gauge family that upstream does not have.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(
             "metrics_server_kubelet_request_duration_seconds",
-            "Duration of requests to kubelet API in seconds",
+            ALPHA + "Duration of requests to Kubelet API in seconds",
             ["node"],
             buckets=DEFAULT_BUCKETS,
             registry=r,
         )
         self.request_total = Counter(
             "metrics_server_kubelet_request_total",
-            "Number of requests sent to kubelet API",
+            ALPHA + "Number of requests sent to Kubelet API",
             ["success"],
             registry=r,
         )
         self.last_request = Gauge(
             "metrics_server_kubelet_last_request_time_seconds",
-            "Time of last request performed to kubelet API since unix epoch in seconds",
+            ALPHA + "Time of last request performed to Kubelet API since unix epoch in seconds",
             ["node"],
             registry=r,
         )
+        # Upstream observes one tick over all nodes; each of our node tasks is its own
+        # tick, so this is the time to collect and store one node.
         self.tick_duration = Histogram(
             "metrics_server_manager_tick_duration_seconds",
-            "The total time spent collecting and storing metrics in seconds "
-            "(here: per node collection)",
+            ALPHA + "The total time spent collecting and storing metrics in seconds.",
             buckets=tick_buckets(resolution),
             registry=r,
         )
         self.freshness = Histogram(
             "metrics_server_api_metric_freshness_seconds",
-            "Freshness of metrics exported",
+            ALPHA + "Freshness of metrics exported",
             buckets=freshness_buckets(),
             registry=r,
         )
         self.scrape_failures = Counter(
             "metrics_server_scrape_failures_total",
-            "Failed kubelet scrapes by node and reason",
+            "Failed kubelet scrapes by node and reason (timeout, connect, tls_no_ip_san, "
+            "http_403, ...).",
             ["node", "reason"],
             registry=r,
         )
         self.watch_restarts = Counter(
             "metrics_server_watch_restarts_total",
-            "Restarts of kube-apiserver watches by resource and reason",
+            "Restarts of kube-apiserver list/watch loops by resource and reason "
+            "(expired: 410 Gone, error: anything else).",
             ["resource", "reason"],
             registry=r,
         )
@@ -103,7 +146,8 @@ class SelfMetrics:
     def observe_scrape(self, node: str, seconds: float, error: ScrapeError | None) -> None:
         self.request_duration.labels(node).observe(seconds)
         self.request_total.labels("true" if error is None else "false").inc()
-        self.last_request.labels(node).set(time.time())
+        # Upstream sets whole seconds (time.Now().Unix()).
+        self.last_request.labels(node).set(float(int(time.time())))
         self.tick_duration.observe(seconds)
         if error is not None:
             self.scrape_failures.labels(node, error.reason).inc()
@@ -124,7 +168,7 @@ class SelfMetrics:
         self.freshness.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE
 
 
 class _LiveCollector:
@@ -137,22 +181,30 @@ class _LiveCollector:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # Go's process collector also reports the address-space limit; Python's does not.
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        yield GaugeMetricFamily(
+            "process_virtual_memory_max_bytes",
+            "Maximum amount of virtual memory available in bytes.",
+            value=_UINT64_MAX if limit == resource.RLIM_INFINITY else float(limit),
+        )
         daemon = self._owner._daemon
         if daemon is None:
             return
         nodes, containers = daemon.store.counts()
         points = GaugeMetricFamily(
             "metrics_server_storage_points",
-            "Number of metrics points stored.",
+            ALPHA + "Number of metrics points stored.",
             labels=["type"],
         )
         points.add_metric(["node"], nodes)
         points.add_metric(["container"], containers)
         yield points
+        alive = sum(1 for s in daemon.manager.nodes.values() if not s.done.is_set())
         yield GaugeMetricFamily(
             "metrics_server_scrape_tasks",
-            "Node scrape tasks alive (one per selected node).",
-            value=len(daemon.manager.nodes),
+            "Node scrape tasks running (one per selected node).",
+            value=alive,
         )
         yield GaugeMetricFamily(
             "metrics_server_pods_known",

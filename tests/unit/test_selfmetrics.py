@@ -1,0 +1,97 @@
+"""Self-metrics exposition: upstream's help, buckets and series; node series go with the node."""
+
+from __future__ import annotations
+
+import resource
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from metrics_server.scraper.kubelet import ScrapeError
+from metrics_server.selfmetrics import (
+    DEFAULT_BUCKETS,
+    SelfMetrics,
+    exponential_buckets,
+    freshness_buckets,
+    tick_buckets,
+)
+
+
+def families(m: SelfMetrics) -> dict[str, object]:
+    body, content_type = m.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def test_tick_buckets_follow_buckets_for_scrape_duration() -> None:
+    # Values from upstream's pkg/utils/monitoring.go for each branch.
+    assert tick_buckets(10) == DEFAULT_BUCKETS
+    assert tick_buckets(60) == (*DEFAULT_BUCKETS, 35.0, 60.0, 90.0, 120.0)
+    assert tick_buckets(15) == (*DEFAULT_BUCKETS, 12.5, 15.0, 22.5, 30.0)
+    assert tick_buckets(4) == (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 4.0, 5.0, 10.0)
+    # Within the smallest bucket width of a default bucket: nothing inserted.
+    assert tick_buckets(5.001) == DEFAULT_BUCKETS
+    assert tick_buckets(2.499) == DEFAULT_BUCKETS
+
+
+def test_freshness_buckets_are_gos_floats() -> None:
+    buckets = freshness_buckets()
+    assert len(buckets) == 20 and buckets[0] == 1.0 and buckets[1] == 1.364
+    # Go multiplies step by step; 1.364**4 differs in the last bit.
+    assert buckets[4] == 3.4614453660160014
+    assert buckets[4] != 1.364**4
+    assert buckets[-1] == 364.31163045936864
+    assert exponential_buckets(2, 2, 3) == (2, 4, 8)
+
+
+def test_exposition_matches_upstream_and_has_no_created_series() -> None:
+    m = SelfMetrics(60.0)
+    m.observe_scrape("n1", 0.2, None)
+    m.observe_scrape("n2", 0.3, ScrapeError("timeout", "node n2: timed out"))
+    m.observe_freshness(2.0)
+    text = m.render()[0].decode()
+    assert "_created" not in text
+    fams = families(m)
+    expected = {
+        "metrics_server_kubelet_request_duration_seconds": "histogram",
+        "metrics_server_kubelet_request": "counter",
+        "metrics_server_kubelet_last_request_time_seconds": "gauge",
+        "metrics_server_manager_tick_duration_seconds": "histogram",
+        "metrics_server_api_metric_freshness_seconds": "histogram",
+        "metrics_server_scrape_failures": "counter",
+        "process_virtual_memory_max_bytes": "gauge",
+        "process_cpu_seconds": "counter",
+        "process_resident_memory_bytes": "gauge",
+    }
+    for name, kind in expected.items():
+        assert fams[name].type == kind, name  # type: ignore[attr-defined]
+    for name in expected:
+        if name.startswith("metrics_server_") and "scrape_failures" not in name:
+            assert fams[name].documentation.startswith("[ALPHA] "), name  # type: ignore[attr-defined]
+    assert (
+        "# HELP metrics_server_kubelet_request_duration_seconds "
+        "[ALPHA] Duration of requests to Kubelet API in seconds\n"
+    ) in text
+    last = {
+        s.labels["node"]: s.value
+        for s in fams["metrics_server_kubelet_last_request_time_seconds"].samples  # type: ignore[attr-defined]
+    }
+    assert set(last) == {"n1", "n2"}
+    assert all(v == int(v) for v in last.values())  # whole seconds, like time.Now().Unix()
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    vmax = fams["process_virtual_memory_max_bytes"].samples[0].value  # type: ignore[attr-defined]
+    assert vmax == (float(2**64 - 1) if limit == resource.RLIM_INFINITY else limit)
+
+
+def test_forget_node_removes_its_series() -> None:
+    m = SelfMetrics(10.0)
+    for node in ("keep", "gone"):
+        m.observe_scrape(node, 0.1, None)
+        m.observe_scrape(node, 0.1, ScrapeError("http_403", f"node {node}: HTTP 403"))
+        m.observe_scrape(node, 0.1, ScrapeError("timeout", f"node {node}: timed out"))
+    m.forget_node("gone")
+    m.forget_node("never-seen")  # harmless
+    text = m.render()[0].decode()
+    assert 'node="gone"' not in text
+    assert text.count('metrics_server_scrape_failures_total{node="keep"') == 2
+    # Cluster-wide series stay.
+    assert 'metrics_server_kubelet_request_total{success="false"} 4.0' in text
