@@ -1,15 +1,26 @@
 """Health endpoints in Kubernetes' format: /healthz, /livez, /readyz and per-check paths.
 
-A check is a name and a function returning None when healthy or a reason otherwise.
-`?verbose` lists every check; `?exclude=NAME` (repeatable) skips checks.
+The bodies are k8s.io/apiserver's healthz handler's, byte for byte: `ok`; with `?verbose`
+one `[+]name ok` line per check and `<endpoint> check passed`; on failure (always listed)
+`[-]name failed: reason withheld` and `<endpoint> check failed`; `?exclude=NAME`
+(repeatable) turns a check into `[+]name excluded: ok` and names unknown exclusions in a
+`warn:` line. One deliberate difference: with `?verbose`, a failing check shows its reason
+instead of "reason withheld", so a person reading `/readyz?verbose` learns what to fix. The
+reasons carry node names and error texts, never credentials. `/<endpoint>/<check>` answers
+`ok` or `internal server error: <reason>`, as upstream.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from metrics_server.logs import V, go_quote, log_kv
+
 Check = Callable[[], str | None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,24 +51,38 @@ class HealthEndpoint:
                         return 200, "ok"
                     return 500, f"internal server error: {reason}\n"
             return 404, f"no such check: {only}\n"
+        unmatched = set(exclude)
         lines: list[str] = []
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         for c in self.checks:
-            if c.name in exclude:
-                lines.append(f"[+]{c.name} excluded: ok")
+            if c.name in unmatched:
+                unmatched.discard(c.name)
+                lines.append(f"[+]{c.name} excluded: ok\n")
                 continue
             reason = _run(c.check)
             if reason is None:
-                lines.append(f"[+]{c.name} ok")
+                lines.append(f"[+]{c.name} ok\n")
             else:
-                # Like k8s.io/apiserver: reasons only for ?verbose (probes don't need them).
-                lines.append(f"[-]{c.name} failed: {reason if verbose else 'reason withheld'}")
-                failed.append(c.name)
+                shown = " ".join(reason.splitlines()) if verbose else "reason withheld"
+                lines.append(f"[-]{c.name} failed: {shown}\n")
+                failed.append((c.name, reason))
+        if unmatched:
+            names = ",".join(go_quote(n) for n in sorted(unmatched))
+            lines.append(f"warn: some health checks cannot be excluded: no matches for {names}\n")
+            log_kv(log, logging.WARNING, "Cannot exclude some health checks", checks=names)
+        body = "".join(lines)
         if failed:
-            body = "\n".join(lines) + f"\n{self.name} check failed\n"
-            return 500, body
+            # Upstream logs the reasons it withholds from the response at V(2).
+            log_kv(
+                log,
+                V(2),
+                f"{self.name} check failed",
+                checks=",".join(name for name, _ in failed),
+                reasons="\n".join(f"[-]{name} failed: {reason}" for name, reason in failed),
+            )
+            return 500, f"{body}{self.name} check failed\n"
         if verbose:
-            return 200, "\n".join(lines) + f"\n{self.name} check passed\n"
+            return 200, f"{body}{self.name} check passed\n"
         return 200, "ok"
 
 
