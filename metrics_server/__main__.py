@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import trio
 
 from metrics_server import cli, logs
+from metrics_server.logs import log_kv
 
 log = logging.getLogger("metrics_server")
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         known = [e for e in leaves if isinstance(e, fatal)]
         if known and len(known) == len(leaves):
             # A start-up error an operator can fix: one line, no traceback.
-            log.error("%s", known[0])
+            log_kv(log, logging.ERROR, "Failed to start", err=known[0])
             raise SystemExit(1) from None
         if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
             raise SystemExit(130) from None

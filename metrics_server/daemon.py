@@ -1,14 +1,18 @@
 """Composition root: builds every part from `Options` and owns the root nursery.
 
-Start-up order is explicit: auth lookup (fatal if it fails, like upstream) → HTTPS
-listener (health endpoints answer from the first second; readyz says why it is not
-ready) → scrape manager → watches. Nothing else knows every part.
+Start-up order is explicit: signal handling → auth lookup (fatal if it fails, like
+upstream) → HTTPS listener (health endpoints answer from the first second; readyz says why
+it is not ready) → scrape manager → watches. Shutdown (first SIGTERM/SIGINT): readyz fails
+at once, the listener stays open for --shutdown-delay-duration, then stops accepting while
+in-flight requests get --shutdown-grace-period to finish; then everything is cancelled and
+the process exits 0. A second signal exits at once with status 1, as k8s.io/apiserver does.
+Nothing else knows every part.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +32,8 @@ from metrics_server.kube import credentials
 from metrics_server.kube.cache import NodeCache, PodCache
 from metrics_server.kube.credentials import ClusterAccess
 from metrics_server.kube.watch import WatchSpec, WatchStats, run_watch
+from metrics_server.logs import RequestLog, log_kv
+from metrics_server.quantity import format_go_duration
 from metrics_server.scraper.kubelet import KubeletTransport, ScrapeError
 from metrics_server.scraper.nodes import ScrapeManager, ScrapeSettings
 from metrics_server.selfmetrics import SelfMetrics
@@ -37,6 +43,9 @@ from metrics_server.storage.store import MetricsStore
 log = logging.getLogger(__name__)
 
 SECOND = 1e9
+TIMELY_FACTOR = 1.5
+"""metric-collection-timely fails when a node's last collection started longer ago than
+this many resolutions (upstream's factor)."""
 
 
 @dataclass(slots=True)
@@ -51,10 +60,19 @@ class Daemon:
     node_watch: WatchStats = field(default_factory=WatchStats)
     pod_watch: WatchStats = field(default_factory=WatchStats)
     shutting_down: bool = False
+    """Set on the first signal (or `request_shutdown`): readyz fails from then on."""
     port: int = 0
+    shutdown_requested: trio.Event = field(default_factory=trio.Event)
+    """Set by `request_shutdown`; `stop` follows after --shutdown-delay-duration."""
     stop: trio.Event = field(default_factory=trio.Event)
+    """Stop accepting connections and drain; setting it directly skips the delay (tests)."""
+    serving_done: trio.Event = field(default_factory=trio.Event)
+    """Set when the HTTPS server has drained and returned."""
     ready: trio.Event = field(default_factory=trio.Event)
     """Set the first time the store has metrics to serve."""
+    startup_report: str | None = None
+    """The first-scrape summary line, once logged."""
+    reported: trio.Event = field(default_factory=trio.Event)
 
     changes: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
     """Woken after every scrape result and every watch event."""
@@ -70,8 +88,25 @@ class Daemon:
     def after_scrape(self, node: str, seconds: float, error: ScrapeError | None) -> None:
         if not self.ready.is_set() and self.store.ready():
             self.ready.set()
-            log.info("metrics are ready to serve")
+            log_kv(log, logging.INFO, "Metrics are ready to serve")
         self.changed()
+
+    def request_shutdown(self, reason: str) -> bool:
+        """Begin a graceful shutdown (what SIGTERM does); False if one is already under way."""
+        if self.shutdown_requested.is_set():
+            return False
+        self.shutting_down = True
+        self.shutdown_requested.set()
+        delay = self.options.serving.shutdown_delay
+        log_kv(
+            log,
+            logging.INFO,
+            "Shutting down: readyz now fails",
+            reason=reason,
+            shutdownDelay=format_go_duration(delay),
+            gracePeriod=format_go_duration(self.options.serving.shutdown_grace),
+        )
+        return True
 
     # -- health checks (SPEC §6) -----------------------------------------------------
 
@@ -79,40 +114,85 @@ class Daemon:
         if self.store.ready():
             return None
         if not self.node_watch.synced:
-            return "no metrics to serve: node list not received yet" + _why(self.node_watch)
+            return "no metrics to serve: " + _not_listed("node", self.node_watch)
         if len(self.nodes) == 0:
-            return "no metrics to serve: no nodes match --node-selector"
-        failing = [s for s in self.manager.nodes.values() if s.last_error is not None]
-        if failing and len(failing) == len(self.manager.nodes):
-            return f"no metrics to serve: every node scrape fails, e.g. {failing[0].last_error}"
-        return "no metrics to serve: waiting for a second sample of nodes and pods"
+            if self.options.node_selector:
+                return (
+                    "no metrics to serve: no node matches --node-selector "
+                    f"{self.options.node_selector!r}"
+                )
+            return "no metrics to serve: the cluster has no nodes"
+        states = list(self.manager.nodes.items())
+        failing = [(name, s.last_error) for name, s in states if s.last_error is not None]
+        if failing and len(failing) == len(states):
+            summary, fixes = summarize_failures(failing)
+            return (
+                f"no metrics to serve: every node scrape fails: {summary}. Fix: {fixes}. "
+                f"E.g. {failing[0][1]}"
+            )
+        scraped = sum(1 for _, s in states if s.scrapes > 0 and s.last_error is None)
+        text = (
+            "no metrics to serve: waiting for a second sample of nodes and pods "
+            f"({scraped}/{len(states)} nodes scraped so far"
+        )
+        if failing:
+            summary, fixes = summarize_failures(failing)
+            text += f"; failing: {summary}. Fix: {fixes}"
+        return text + ")"
 
     def check_node_sync(self) -> str | None:
         if self.node_watch.synced:
             return None
-        return "node list not received from kube-apiserver yet" + _why(self.node_watch)
+        return _not_listed("node", self.node_watch)
 
     def check_pod_sync(self) -> str | None:
         if self.pod_watch.synced:
             return None
-        return "pod list not received from kube-apiserver yet" + _why(self.pod_watch)
+        return _not_listed("pod", self.pod_watch)
 
     def check_timely(self) -> str | None:
-        limit = 1.5 * self.options.metric_resolution / SECOND
-        age = self.manager.oldest_start_age()
-        if age > limit:
-            return f"a node scrape has not started for {age:.1f}s (limit {limit:.1f}s)"
-        return None
+        """Each node task must have started a collection within 1.5 resolutions."""
+        limit = TIMELY_FACTOR * self.options.metric_resolution / SECOND
+        now = trio.current_time()
+        late = sorted(
+            (
+                (now - s.last_start, name)
+                for name, s in self.manager.nodes.items()
+                if s.last_start is not None and now - s.last_start > limit
+            ),
+            reverse=True,
+        )
+        if not late:
+            return None
+        age, name = late[0]
+        more = f" (and {len(late) - 1} more nodes)" if len(late) > 1 else ""
+        log_kv(
+            log,
+            logging.INFO,
+            "Failed probe",
+            probe="metric-collection-timely",
+            node=name,
+            duration=f"{age:.1f}s",
+            maxDuration=f"{limit:g}s",
+        )
+        return (
+            f"metric collection didn't start on time: the scrape task of node {name} last "
+            f"started a collection {age:.1f}s ago{more}, limit {limit:g}s "
+            "(1.5 × --metric-resolution); the task is stuck"
+        )
 
     def check_shutdown(self) -> str | None:
-        return "server is shutting down" if self.shutting_down else None
+        return "process is shutting down" if self.shutting_down else None
 
     def health(self) -> dict[str, HealthEndpoint]:
+        # Upstream: ping and log everywhere; metadata-informer-sync is added with
+        # AddHealthChecks (healthz, livez and readyz); the others to one endpoint each.
         ping = HealthCheck("ping", lambda: None)
+        # klog's check fails when a log flush has been stuck for 2 minutes; our writes are
+        # synchronous, so a stuck stderr would block this handler too: nothing to report.
         logs = HealthCheck("log", lambda: None)
-        timely = HealthCheck("metric-collection-timely", self.check_timely)
         pod_sync = HealthCheck("metadata-informer-sync", self.check_pod_sync)
-        live = [ping, logs, timely, pod_sync]
+        live = [ping, logs, HealthCheck("metric-collection-timely", self.check_timely), pod_sync]
         ready = [
             ping,
             logs,
@@ -123,13 +203,108 @@ class Daemon:
         ]
         return {
             "livez": HealthEndpoint("livez", live),
-            "healthz": HealthEndpoint("healthz", live),
+            "healthz": HealthEndpoint("healthz", [ping, logs, pod_sync]),
             "readyz": HealthEndpoint("readyz", ready),
         }
 
 
-def _why(stats: WatchStats) -> str:
-    return f" (last error: {stats.last_error})" if stats.last_error else ""
+def _not_listed(kind: str, stats: WatchStats) -> str:
+    text = f"{kind} list not received from kube-apiserver yet"
+    if stats.last_error:
+        return f"{text}; last error: {stats.last_error} (check --kubeconfig and the network path)"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class FailureClass:
+    """How a scrape failure reason reads in summaries, and what usually fixes it."""
+
+    label: str
+    fix: str
+
+
+FAILURE_CLASSES: dict[str, FailureClass] = {
+    "tls_no_ip_san": FailureClass(
+        "x509 no IP SAN",
+        "kubelet certificates do not name the node's IP: use --kubelet-tls-server-name-from-node "
+        "or --kubelet-preferred-address-types=Hostname",
+    ),
+    "tls_name_mismatch": FailureClass(
+        "x509 name mismatch",
+        "kubelet certificates do not name the node: reissue them (kubelet serverTLSBootstrap) "
+        "or dial another --kubelet-preferred-address-types",
+    ),
+    "tls_unknown_ca": FailureClass(
+        "x509 unknown authority",
+        "set --kubelet-certificate-authority to the CA that signs kubelet serving certificates",
+    ),
+    "tls_expired": FailureClass("x509 expired", "renew the kubelet serving certificates"),
+    "tls": FailureClass(
+        "TLS handshake failed", "check that the kubelet port (--kubelet-port) serves HTTPS"
+    ),
+    "timeout": FailureClass(
+        "timeout",
+        "check kubelet load and firewalls or network policies to the kubelet port "
+        "(--kubelet-request-timeout bounds each scrape)",
+    ),
+    "connect": FailureClass(
+        "connection failed",
+        "check --kubelet-preferred-address-types, --kubelet-port and firewalls to the kubelet",
+    ),
+    "dns": FailureClass(
+        "DNS lookup failed",
+        "node names do not resolve here: put InternalIP first in "
+        "--kubelet-preferred-address-types",
+    ),
+    "address": FailureClass(
+        "no usable address", "the node has none of --kubelet-preferred-address-types"
+    ),
+    "http_401": FailureClass(
+        "HTTP 401", "the kubelet rejects our token: enable kubelet webhook authentication"
+    ),
+    "http_403": FailureClass(
+        "HTTP 403",
+        "bind the service account to the system:metrics-server ClusterRole (nodes/metrics)",
+    ),
+    "protocol": FailureClass("connection broke mid-answer", "check the kubelet on the node"),
+    "body_too_large": FailureClass(
+        "answer too large", "the kubelet sent more than 32 MiB: check the kubelet on the node"
+    ),
+    "decode": FailureClass(
+        "unparsable answer",
+        "the kubelet's /metrics/resource is not Prometheus text: check the kubelet version",
+    ),
+}
+
+
+def describe_failure(reason: str) -> FailureClass:
+    known = FAILURE_CLASSES.get(reason)
+    if known is not None:
+        return known
+    if reason.startswith("http_"):
+        return FailureClass(f"HTTP {reason[5:]}", "see the kubelet's log on the node")
+    return FailureClass(reason, "see the node's error in this log")
+
+
+def summarize_failures(failed: list[tuple[str, ScrapeError]]) -> tuple[str, str]:
+    """("2× x509 no IP SAN (n1, n2), 1× timeout (n3)", "x509 no IP SAN: <fix>; timeout: <fix>").
+
+    Classes by count (most first), then by label; at most three node names per class.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for node, error in failed:
+        by_reason.setdefault(error.reason, []).append(node)
+    ordered = sorted(
+        by_reason.items(), key=lambda item: (-len(item[1]), describe_failure(item[0]).label)
+    )
+    parts: list[str] = []
+    fixes: list[str] = []
+    for reason, names in ordered:
+        cls = describe_failure(reason)
+        shown = ", ".join(sorted(names)[:3]) + (", …" if len(names) > 3 else "")
+        parts.append(f"{len(names)}× {cls.label} ({shown})")
+        fixes.append(f"{cls.label}: {cls.fix}")
+    return ", ".join(parts), "; ".join(fixes)
 
 
 def auth_config(options: Options) -> AuthConfig:
@@ -228,6 +403,7 @@ async def run(
         store, nodes, pods, options.node_selector, on_served=selfmetrics.observe_freshness
     )
     app = create_app(AppParts(api=api, health=daemon.health(), metrics_text=selfmetrics.render))
+    grace = options.serving.shutdown_grace / SECOND
 
     no_read_timeout = httpx.Timeout(10.0, read=None)
     async with (
@@ -236,12 +412,17 @@ async def run(
         credentials.api_client(access.authorization, timeout=15.0) as authz_client,
         trio.open_nursery() as root,
     ):
+        if handle_signals:
+            root.start_soon(_signals, daemon, root.cancel_scope, name="signals")
+        root.start_soon(
+            _stop_after_delay, daemon, options.serving.shutdown_delay / SECOND, name="shutdown"
+        )
         stack = build_auth_stack(
             auth_config(options), authn_client, authorization_client=authz_client
         )
         await root.start(stack.run)
-        secured = stack.middleware(cast(ASGIApp, app))
-        serving_done = trio.Event()
+        # The request log is outermost so that rejected requests are logged too.
+        secured = RequestLog(stack.middleware(cast(ASGIApp, app)))
 
         async def shutdown_trigger() -> None:
             await daemon.stop.wait()
@@ -255,7 +436,7 @@ async def run(
                     task_status=task_status,
                 )
             finally:
-                serving_done.set()
+                daemon.serving_done.set()
 
         daemon.port = await root.start(serve_until_stopped, name="serve")
         await root.start(manager.run)
@@ -274,17 +455,31 @@ async def run(
                 _watch, client, spec, sink, stats, daemon, selfmetrics, name=f"watch:{spec.name}"
             )
         root.start_soon(_startup_report, daemon, name="startup-report")
-        if handle_signals:
-            root.start_soon(_signals, daemon, root.cancel_scope, name="signals")
         task_status.started(daemon)
         await daemon.stop.wait()
         daemon.shutting_down = True
-        # serve() returns after Hypercorn's graceful shutdown; then stop everything else.
-        log.info("shutting down")
-        # Hypercorn drains in-flight requests within the grace period, then returns.
-        with trio.move_on_after(options.serving.shutdown_grace / SECOND + 1):
-            await serving_done.wait()
+        log_kv(
+            log,
+            logging.INFO,
+            "Stopped accepting connections; draining in-flight requests",
+            gracePeriod=format_go_duration(options.serving.shutdown_grace),
+        )
+        # serve() returns once Hypercorn has drained (or cancelled what was left after the
+        # grace period); the extra second only guards against a serve() that never returns.
+        with trio.move_on_after(grace + 1):
+            await daemon.serving_done.wait()
         root.cancel_scope.cancel()
+    log_kv(log, logging.INFO, "Stopped")
+
+
+async def _stop_after_delay(daemon: Daemon, delay: float) -> None:
+    """Once shutdown is requested, keep serving (with readyz failing) for `delay`, then stop."""
+    await daemon.shutdown_requested.wait()
+    if delay > 0:
+        # Like --shutdown-delay-duration upstream: load balancers and the aggregator see
+        # readyz fail and move away while requests are still answered.
+        await trio.sleep(delay)
+    daemon.stop.set()
 
 
 async def _watch(
@@ -306,46 +501,40 @@ async def _watch(
 
 
 async def _startup_report(daemon: Daemon) -> None:
-    """One INFO line once the first scrapes are in: how many nodes work, and why not."""
+    """One INFO line once every node known at start has been scraped once: how many work,
+    and for those that do not, the failure classes with a fix for each."""
     await daemon.node_watch.synced_event.wait()
     daemon.manager.begin_first_round()
     await daemon.manager.first_round.wait()
-    states = list(daemon.manager.nodes.values())
-    failed = [s.last_error for s in states if s.last_error is not None]
-    ok = len(states) - len(failed)
-    if not failed:
-        log.info("first scrape: scraped %d/%d nodes", ok, len(states))
-        return
-    reasons = collections.Counter(e.reason for e in failed)
-    summary = ", ".join(f"{n}× {r}" for r, n in reasons.most_common())
-    log.warning(
-        "first scrape: scraped %d/%d nodes; %d failed: %s. %s",
-        ok,
-        len(states),
-        len(failed),
-        summary,
-        " ".join(HINTS.get(r, "") for r in reasons).strip(),
-    )
-
-
-HINTS = {
-    "tls_no_ip_san": "No IP SAN: use --kubelet-tls-server-name-from-node or Hostname addresses.",
-    "tls_unknown_ca": "Untrusted kubelet certificates: set --kubelet-certificate-authority.",
-    "timeout": "Timeouts: check kubelet load and network policy to port 10250.",
-    "connect": "Connection failures: check the node address type and firewall.",
-    "http_401": "401: kubelet webhook authentication must accept our token.",
-    "http_403": "403: bind the service account to system:metrics-server (nodes/metrics).",
-}
+    states = list(daemon.manager.nodes.items())
+    failed = [(name, s.last_error) for name, s in states if s.last_error is not None]
+    text = f"first scrape: scraped {len(states) - len(failed)}/{len(states)} nodes"
+    fixes = None
+    if failed:
+        summary, fixes = summarize_failures(failed)
+        text += f"; {len(failed)} failed: {summary}"
+    daemon.startup_report = text
+    log_kv(log, logging.INFO, text, fix=fixes)
+    daemon.reported.set()
 
 
 async def _signals(daemon: Daemon, root: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            if not daemon.stop.is_set():
-                log.info("received %s; draining", signal.Signals(signum).name)
-                daemon.shutting_down = True
-                daemon.stop.set()
-            else:
-                log.info("second signal; exiting now")
+            name = signal.Signals(signum).name
+            if daemon.port == 0:
+                # Not serving yet: there is nothing to drain.
+                log_kv(log, logging.INFO, "Received a signal during start-up; exiting", signal=name)
                 root.cancel()
                 return
+            if daemon.request_shutdown(name):
+                continue
+            log_kv(log, logging.WARNING, "Received a second signal; exiting at once", signal=name)
+            _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+    """Exit without unwinding, like Go's os.Exit on a second signal: the operator asked twice."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)
