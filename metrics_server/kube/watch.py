@@ -19,6 +19,8 @@ import httpx
 import orjson
 import trio
 
+from metrics_server.logs import log_kv
+
 log = logging.getLogger(__name__)
 
 METADATA_LIST_ACCEPT = (
@@ -110,13 +112,13 @@ async def run_watch(
             attempt = 0
             continue
         except Gone:
-            log.info("watch of %s expired (410 Gone); relisting", spec.name)
+            log_kv(log, logging.INFO, "Watch expired (410 Gone); relisting", resource=spec.name)
             resource_version = ""
             reason = "expired"
         except WatchError as exc:
             stats.last_error = str(exc)
             reason = "error"
-            log.warning("watch of %s failed: %s", spec.name, exc)
+            log_kv(log, logging.WARNING, "Watch failed; reconnecting", err=exc, resource=spec.name)
         stats.restarts += 1
         if on_restart is not None:
             on_restart(reason)
