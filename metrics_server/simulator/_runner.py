@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ STOP_GRACE = 10.0
 KUBECTL_TIMEOUT = 60.0
 CHURN_INTERVAL = 5.0
 LOG_TAIL_LINES = 40
+REPORT_TIMEOUT = 30.0
+REPORT_MARK = "first scrape: "
 
 METRICS_SERVER_AUTH_ARGS: tuple[str, ...] = (
     "--requestheader-client-ca-file", "{front_proxy_ca}",
@@ -194,6 +197,27 @@ async def _wait_ready(url: str, ca_file: Path, process: trio.Process, log: Path)
     raise SimulatorError(f"metrics server not ready within {READY_TIMEOUT:.0f}s:\n{_tail(log)}")
 
 
+REPORT_LINE = re.compile(r'"((?:[^"\\]|\\.)*)"(?: fix="((?:[^"\\]|\\.)*)")?$')
+
+
+async def _startup_report(log: Path) -> str | None:
+    """The metrics server's first-scrape summary from its log, without klog's header and
+    quoting; the fixes (if any scrapes failed) on a second line."""
+    with trio.move_on_after(REPORT_TIMEOUT):
+        while True:
+            text = await trio.Path(log).read_text(errors="replace")
+            for line in text.splitlines():
+                if REPORT_MARK in line:
+                    body = line.split("] ", 1)[-1]
+                    match = REPORT_LINE.match(body)
+                    if match is None:
+                        return body
+                    summary, fix = (g and g.replace('\\"', '"') for g in match.groups())
+                    return f"{summary}\n  fix: {fix}" if fix else summary
+            await trio.sleep(READY_POLL)
+    return None
+
+
 async def run_metrics_server(
     cluster: Cluster,
     resolution: str,
@@ -332,6 +356,9 @@ async def run(options: Options) -> None:
             cluster.set_metrics_server(url, cluster.ca_file)
             print(f"metrics server ready at {url} (log: "
                   f"{cluster.workdir / 'metrics-server.log'})", flush=True)
+            report = await _startup_report(cluster.workdir / "metrics-server.log")
+            print(f"metrics server: {report or 'no first-scrape report in its log yet'}",
+                  flush=True)
         if options.churn:
             nursery.start_soon(_churn, cluster, options.config.seed)
         if options.demo:
