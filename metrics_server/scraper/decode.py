@@ -210,10 +210,11 @@ def _section(
         end = len(text)
     spans.append((first, end))
     region = text[first:end]
-    lines = region.count(marker)
-    spaced = region.replace(marker, " ")
+    pieces = region.split(marker)
+    spaced = " ".join(pieces)
     if "\n" in spaced or "\\" in spaced:
         raise _NotCanonical  # other lines mixed into the block, or escaped label values
+    lines = len(pieces) - 1
     # Every line now starts with a space, so the first token is always empty.
     tokens = spaced.split(" ")
     if len(tokens) == 3 * lines + 1:
