@@ -3,9 +3,10 @@ TokenReview/SubjectAccessReview, the metrics.k8s.io aggregation proxy and test f
 
 As kube-apiserver's aggregator does, it also merges what the metrics server publishes into its
 own documents: aggregated discovery on /api and /apis (when the client asks for
-APIGroupDiscoveryList), the OpenAPI v2 document, and the /openapi/v3 index, whose metrics.k8s.io
-entry it serves from the metrics server. It fetches those as "system:kube-aggregator" over the
-front-proxy client certificate, on each request (no cache: tests change the metrics server).
+APIGroupDiscoveryList), the OpenAPI v2 document (JSON, or gnostic protobuf as kubectl asks), and
+the /openapi/v3 index, whose metrics.k8s.io entry it serves from the metrics server. It fetches
+those as "system:kube-aggregator" over the front-proxy client certificate, on each request (no
+cache: tests change the metrics server).
 
 Hand-written on h11 (`_http.py`) rather than Quart-Trio on Hypercorn because the simulator needs
 what a framework hides: peer certificates, streaming watches that a test can cut mid-stream,
@@ -615,11 +616,19 @@ class FakeAPIServer:
     async def _openapi_v2(self, request: Request, respond: Responder) -> None:
         accept = request.header("accept")
         kinds = [p.split(";", 1)[0].strip().lower() for p in accept.split(",")] if accept else []
-        if kinds and not any(k in (JSON, "*/*", "application/*") for k in kinds):
-            # Serving gnostic protobuf is beyond the simulator; JSON clients are served.
-            await _send_status(respond, 406, "NotAcceptable",
-                               "only the following media types are accepted: application/json")
-            return
+        as_protobuf = False
+        for kind in kinds:
+            if kind in (JSON, "*/*", "application/*"):
+                break
+            if kind in OPENAPI_V2_PROTOBUF:
+                as_protobuf = True
+                break
+        else:
+            if kinds:
+                await _send_status(respond, 406, "NotAcceptable",
+                                   "only the following media types are accepted: "
+                                   f"application/json, {OPENAPI_V2_PROTOBUF[1]}")
+                return
         spec: Obj = {
             "swagger": "2.0",
             "info": {"title": "Kubernetes", "version": "v1.35.0-sim"},
@@ -634,12 +643,13 @@ class FakeAPIServer:
             for section in ("paths", "definitions"):
                 for key, value in (theirs.get(section) or {}).items():
                     spec[section].setdefault(key, value)
-        body = orjson.dumps(spec)
+        body = gnostic_v2(spec) if as_protobuf else orjson.dumps(spec)
         etag = '"' + hashlib.sha512(body).hexdigest().upper() + '"'
+        content_type = OPENAPI_V2_PROTOBUF[1] if as_protobuf else JSON
         if request.header("if-none-match") == etag:
             await respond.start(304, [("etag", etag)], b"")
         else:
-            await respond.start(200, [("content-type", JSON), ("etag", etag)], body)
+            await respond.start(200, [("content-type", content_type), ("etag", etag)], body)
 
     # ---- reviews ----------------------------------------------------------------------------
 
@@ -823,3 +833,79 @@ def _decode_continue(token: str) -> tuple[str, str] | None:
         return None
     return (str(ns), str(name))
 
+
+
+# ---- OpenAPI v2 in gnostic's protobuf form (what kubectl asks /openapi/v2 for) ---------------
+
+
+def _pb_key(number: int, wire: int) -> bytes:
+    return _pb_varint(number << 3 | wire)
+
+
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _pb_bytes(number: int, data: bytes) -> bytes:
+    return _pb_key(number, 2) + _pb_varint(len(data)) + data
+
+
+def _pb_text(number: int, text: str) -> bytes:
+    return _pb_bytes(number, text.encode())
+
+
+def _gnostic_any(value: Any) -> bytes:
+    # Any {yaml 2}: JSON text is YAML too, and is how extension values travel.
+    return _pb_text(2, orjson.dumps(value).decode())
+
+
+def _gnostic_schema(schema: Obj) -> bytes:
+    """openapi.v2.Schema: the fields Kubernetes schemas use (gnostic OpenAPIv2.proto numbers)."""
+    out = bytearray()
+    for key, number in (("$ref", 1), ("format", 2), ("title", 3), ("description", 4)):
+        if isinstance(schema.get(key), str):
+            out += _pb_text(number, schema[key])
+    if "default" in schema:
+        out += _pb_bytes(5, _gnostic_any(schema["default"]))
+    for name in schema.get("required", ()):
+        out += _pb_text(19, name)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        out += _pb_bytes(21, _pb_bytes(1, _gnostic_schema(extra)))
+    elif isinstance(extra, bool):
+        out += _pb_bytes(21, _pb_key(2, 0) + _pb_varint(int(extra)))
+    types = schema.get("type")
+    if types:
+        out += _pb_bytes(22, b"".join(_pb_text(1, t) for t in
+                                      ([types] if isinstance(types, str) else types)))
+    if isinstance(schema.get("items"), dict):
+        out += _pb_bytes(23, _pb_bytes(1, _gnostic_schema(schema["items"])))
+    for part in schema.get("allOf", ()):
+        out += _pb_bytes(24, _gnostic_schema(part))
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        out += _pb_bytes(25, b"".join(
+            _pb_bytes(1, _pb_text(1, name) + _pb_bytes(2, _gnostic_schema(sub)))
+            for name, sub in properties.items()))
+    for key, value in schema.items():
+        if key.startswith("x-"):
+            out += _pb_bytes(31, _pb_text(1, key) + _pb_bytes(2, _gnostic_any(value)))
+    return bytes(out)
+
+
+def gnostic_v2(spec: Obj) -> bytes:
+    """openapi.v2.Document {swagger 1, info 2, definitions 9}. Paths stay out: kubectl reads
+    only the definitions (explain, validation)."""
+    info = spec.get("info", {})
+    definitions = b"".join(
+        _pb_bytes(1, _pb_text(1, name) + _pb_bytes(2, _gnostic_schema(schema)))
+        for name, schema in spec.get("definitions", {}).items()
+    )
+    info_message = _pb_text(1, info.get("title", "")) + _pb_text(2, info.get("version", ""))
+    return _pb_text(1, spec.get("swagger", "2.0")) + _pb_bytes(2, info_message) + _pb_bytes(
+        9, definitions)

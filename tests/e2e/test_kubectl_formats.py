@@ -140,6 +140,18 @@ async def test_explain_reads_our_openapi(kubectl: Path, served: Served) -> None:
         assert field in top
 
 
+async def test_explain_from_openapi_v2(kubectl: Path, served: Served) -> None:
+    """The v2 path: kubectl reads /openapi/v2 as gnostic protobuf, which the apiserver builds
+    from the definitions it merged from ours."""
+    text = await run_kubectl(
+        kubectl, served, "explain", "podmetrics.containers", "--output", "plaintext-openapiv2"
+    )
+    assert "KIND:     PodMetrics" in text
+    assert "VERSION:  metrics.k8s.io/v1beta1" in text
+    assert "name\t<string> -required-" in text
+    assert "usage\t<map[string]string> -required-" in text
+
+
 async def test_api_resources(kubectl: Path, served: Served) -> None:
     text = await run_kubectl(kubectl, served, "api-resources", "--api-group=metrics.k8s.io")
     table = rows(text)
