@@ -122,19 +122,25 @@ def creation_field(now_ns: int) -> bytes:
     return _time(_F8_LEN, now_ns)
 
 
-def _string_map(tag: bytes, values: Mapping[str, str]) -> list[bytes]:
+# Label pairs repeat across the pods of a workload; their encoded entries are remembered.
+_label_entries: dict[tuple[str, str], bytes] = {}
+
+
+def _labels(values: Mapping[str, str]) -> list[bytes]:
+    """ObjectMeta.labels (field 11): map<string, string> entries {key 1, value 2}."""
     parts: list[bytes] = []
     for key in sorted(values):
-        k = key.encode()
-        v = values[key].encode()
-        lk = len(k)
-        lv = len(v)
-        entry = b"".join((
-            _F1_LEN, _VARINTS[lk] if lk < _SMALL else varint(lk), k,
-            _F2_LEN, _VARINTS[lv] if lv < _SMALL else varint(lv), v,
-        ))
-        le = len(entry)
-        parts += (tag, _VARINTS[le] if le < _SMALL else varint(le), entry)
+        value = values[key]
+        found = _label_entries.get((key, value))
+        if found is None:
+            k = key.encode()
+            v = value.encode()
+            entry = b"".join((_F1_LEN, _length(k), k, _F2_LEN, _length(v), v))
+            found = b"".join((_F11_LEN, _length(entry), entry))
+            if len(_label_entries) >= _RECENT_LIMIT:
+                _label_entries.clear()
+            _label_entries[(key, value)] = found
+        parts.append(found)
     return parts
 
 
@@ -149,7 +155,7 @@ def object_meta(
         parts += (_F3_LEN, _length(ns), ns)
     parts.append(creation)
     if labels:
-        parts += _string_map(_F11_LEN, labels)
+        parts += _labels(labels)
     return b"".join(parts)
 
 
