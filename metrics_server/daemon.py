@@ -26,7 +26,7 @@ from metrics_server.api.metrics import MetricsAPI
 from metrics_server.auth.config import AuthConfig
 from metrics_server.auth.middleware import ASGIApp
 from metrics_server.auth.stack import build_auth_stack
-from metrics_server.cli import Options
+from metrics_server.cli import Options, version_text
 from metrics_server.health import HealthCheck, HealthEndpoint
 from metrics_server.kube import credentials
 from metrics_server.kube.cache import NodeCache, PodCache
@@ -413,7 +413,8 @@ async def run(
         trio.open_nursery() as root,
     ):
         if handle_signals:
-            root.start_soon(_signals, daemon, root.cancel_scope, name="signals")
+            await root.start(_signals, daemon, root.cancel_scope, name="signals")
+        log_kv(log, logging.INFO, "Starting metrics-server", version=version_text())
         root.start_soon(
             _stop_after_delay, daemon, options.serving.shutdown_delay / SECOND, name="shutdown"
         )
@@ -518,8 +519,14 @@ async def _startup_report(daemon: Daemon) -> None:
     daemon.reported.set()
 
 
-async def _signals(daemon: Daemon, root: trio.CancelScope) -> None:
+async def _signals(
+    daemon: Daemon,
+    root: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             if daemon.port == 0:

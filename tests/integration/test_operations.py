@@ -707,3 +707,18 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
             await failed.wait()
     assert "Traceback" not in server.text
     assert '"Received a second signal; exiting at once" signal="SIGTERM"' in server.text
+
+
+async def test_signal_during_startup_exits_0(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_cluster(ClusterConfig(nodes=1, pods_per_node=1)) as cluster:
+            # Start-up reads extension-apiserver-authentication first; make that list hang.
+            cluster.slow_lists(60)
+            async with server_process(daemon_argv(cluster, tmp_path)) as server:
+                await server.wait_line("Starting metrics-server")
+                server.process.send_signal(signal.SIGTERM)
+                with trio.fail_after(5):
+                    assert await server.process.wait() == 0
+    assert "Traceback" not in server.text
+    assert '"Received a signal during start-up; exiting" signal="SIGTERM"' in server.text
+    assert not any("serving securely" in line for line in server.lines)
