@@ -7,6 +7,7 @@ where we know the usual cause, a hint at the fix.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from metrics_server.kube.credentials import BearerAuth, ClusterAccess, Credentia
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A kubelet with 250 pods of 10 containers sends ~2 MB; anything past this is broken."""
+CONNECT_SHARE = 0.9
+"""TCP connect and TLS handshake each time out at this share of --kubelet-request-timeout."""
 
 
 class ScrapeError(Exception):
@@ -85,8 +88,15 @@ class KubeletTransport:
             limits=httpx.Limits(
                 max_connections=1, max_keepalive_connections=1, keepalive_expiry=None
             ),
-            # The caller's trio deadline bounds the whole request; this is a backstop.
-            timeout=httpx.Timeout(self._options.request_timeout / 1e9 + 1),
+            # The caller's trio deadline bounds the whole request; the read/write/pool
+            # timeouts are a backstop. Connecting gets its own, earlier timeout: httpcore
+            # closes the TCP socket when the TLS handshake fails with an exception, but not
+            # when it is cancelled, so a kubelet that accepts and never completes the
+            # handshake would leave a socket to the garbage collector on every scrape.
+            timeout=httpx.Timeout(
+                self._options.request_timeout / 1e9 + 1,
+                connect=self._options.request_timeout / 1e9 * CONNECT_SHARE,
+            ),
             headers={"User-Agent": "metrics-server-py", "Accept": "text/plain"},
             follow_redirects=False,
             trust_env=False,
@@ -195,8 +205,16 @@ def _map_error(
         return ScrapeError("tls", f"node {node}: TLS handshake with {url} failed: {cause}")
     if isinstance(exc, httpx.ConnectError):
         text = str(exc) or type(exc).__name__
-        reason = "dns" if "Name or service not known" in text or "resolve" in text else "connect"
+        # The resolver's wording varies by libc and by cause; its exception type does not.
+        reason = "dns" if _caused_by(exc, socket.gaierror) else "connect"
         return ScrapeError(reason, f"node {node}: cannot connect to {url}: {text}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ScrapeError(
+            "timeout",
+            f"node {node}: no connection to {url} within --kubelet-request-timeout "
+            "(TCP connect or TLS handshake did not finish); is the kubelet overloaded or the "
+            "port blocked?",
+        )
     if isinstance(exc, httpx.TimeoutException):
         return ScrapeError("timeout", f"node {node}: {url} timed out: {type(exc).__name__}")
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
@@ -205,3 +223,12 @@ def _map_error(
             f"node {node}: kubelet connection broke mid-answer: {exc or type(exc).__name__}",
         )
     return ScrapeError("http", f"node {node}: request to {url} failed: {exc!r}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

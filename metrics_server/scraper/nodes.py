@@ -160,7 +160,13 @@ class ScrapeManager:
                 while True:
                     now = trio.current_time()
                     next_slot = self._next_slot(name, now)
-                    if ok and quick < len(QUICK_RESCRAPE_SECONDS) and self._sink.node_usage(
+                    if not ok:
+                        # A failure drops the node's points, so once it answers again it needs
+                        # a second sample for a rate: take that one quickly too, not a whole
+                        # period later.
+                        quick = 0
+                        next_at = next_slot
+                    elif quick < len(QUICK_RESCRAPE_SECONDS) and self._sink.node_usage(
                         name
                     ) is None:
                         next_at = min(now + QUICK_RESCRAPE_SECONDS[quick], next_slot)
@@ -195,6 +201,10 @@ class ScrapeManager:
                 raise ScrapeError(
                     "decode", f"node {info.name}: kubelet answer is not valid metrics: {exc}"
                 ) from exc
+            if batch.node is None and not batch.pods:
+                # The decoder skips lines of series it does not use, so an answer that is
+                # not Prometheus text at all decodes to nothing rather than failing.
+                raise ScrapeError("no_metrics", _no_metrics_message(info.name, response.body))
         except AddressError as exc:
             error = ScrapeError("address", str(exc))
         except ScrapeError as exc:
@@ -239,3 +249,11 @@ class ScrapeManager:
         now = trio.current_time()
         ages = [now - s.last_start for s in self._nodes.values() if s.last_start is not None]
         return max(ages, default=0.0)
+
+
+def _no_metrics_message(node: str, body: bytes) -> str:
+    start = body[:60].decode("utf-8", "replace")
+    return (
+        f"node {node}: kubelet answer holds no usable node or container metrics "
+        f"({len(body)} bytes, starting {start!r}); is this port really the kubelet's?"
+    )
