@@ -274,6 +274,12 @@ FAILURE_CLASSES: dict[str, FailureClass] = {
         "unparsable answer",
         "the kubelet's /metrics/resource is not Prometheus text: check the kubelet version",
     ),
+    "no_metrics": FailureClass(
+        "no usable metrics",
+        "the answer holds no node or container metrics: check that --kubelet-port (or the "
+        "node's status port) is the kubelet's",
+    ),
+    "http": FailureClass("request failed", "see the node's error in this log"),
 }
 
 
