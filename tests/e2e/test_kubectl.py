@@ -123,11 +123,12 @@ async def test_top_pods_label_selector(kubectl: Path, served: tuple[Cluster, Dae
         "/apis/metrics.k8s.io/v1beta1/nodes",
         "/apis/metrics.k8s.io/v1beta1/nodes/node-0",
         "/apis/metrics.k8s.io/v1beta1/pods",
-        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
     ],
 )
 async def test_get_raw(kubectl: Path, served: tuple[Cluster, Daemon], path: str) -> None:
     cluster, _ = served
+    path = path.format(ns=cluster.pod_keys("node-0")[0][0])
     body = orjson.loads(await run_kubectl(kubectl, cluster, "get", "--raw", path))
     if path.endswith("v1beta1"):
         assert body["kind"] == "APIResourceList"
