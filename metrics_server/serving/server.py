@@ -95,6 +95,9 @@ def hypercorn_config(cfg: ServingConfig) -> Config:
     hc.alpn_protocols = list(ALPN_PROTOCOLS)
     hc.include_server_header = False
     hc.accesslog = None
+    # A Logger object (not a path) stops Hypercorn adding its own stderr handler, so its
+    # errors come out once, in our klog/JSON format.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
 
 
