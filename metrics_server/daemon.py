@@ -108,6 +108,17 @@ class Daemon:
         )
         return True
 
+    # -- gauges for /metrics (selfmetrics.LiveState) ---------------------------------
+
+    def storage_points(self) -> tuple[int, int]:
+        return self.store.counts()
+
+    def scrape_tasks_alive(self) -> int:
+        return sum(1 for s in self.manager.nodes.values() if not s.done.is_set())
+
+    def pods_known(self) -> int:
+        return len(self.pods)
+
     # -- health checks (SPEC §6) -----------------------------------------------------
 
     def check_storage(self) -> str | None:
@@ -253,8 +264,7 @@ FAILURE_CLASSES: dict[str, FailureClass] = {
     ),
     "dns": FailureClass(
         "DNS lookup failed",
-        "node names do not resolve here: put InternalIP first in "
-        "--kubelet-preferred-address-types",
+        "node names do not resolve here: put InternalIP first in --kubelet-preferred-address-types",
     ),
     "address": FailureClass(
         "no usable address", "the node has none of --kubelet-preferred-address-types"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,7 +27,6 @@ from prometheus_client.core import GaugeMetricFamily
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from metrics_server.daemon import Daemon
     from metrics_server.scraper.kubelet import ScrapeError
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -137,11 +136,12 @@ class SelfMetrics:
         )
         ProcessCollector(registry=r)
         r.register(_LiveCollector(self))
-        self._daemon: Daemon | None = None
+        self._live: LiveState | None = None
         self._failure_reasons: dict[str, set[str]] = {}
 
-    def bind(self, daemon: Daemon) -> None:
-        self._daemon = daemon
+    def bind(self, live: LiveState) -> None:
+        """Where the gauges read at scrape time come from (the daemon)."""
+        self._live = live
 
     def observe_scrape(self, node: str, seconds: float, error: ScrapeError | None) -> None:
         self.request_duration.labels(node).observe(seconds)
@@ -171,6 +171,14 @@ class SelfMetrics:
         return generate_latest(self.registry), CONTENT_TYPE
 
 
+class LiveState(Protocol):
+    """State read when /metrics is scraped; the daemon provides it."""
+
+    def storage_points(self) -> tuple[int, int]: ...
+    def scrape_tasks_alive(self) -> int: ...
+    def pods_known(self) -> int: ...
+
+
 class _LiveCollector:
     """Gauges read at scrape time from the daemon's state."""
 
@@ -188,10 +196,10 @@ class _LiveCollector:
             "Maximum amount of virtual memory available in bytes.",
             value=_UINT64_MAX if limit == resource.RLIM_INFINITY else float(limit),
         )
-        daemon = self._owner._daemon
-        if daemon is None:
+        live = self._owner._live
+        if live is None:
             return
-        nodes, containers = daemon.store.counts()
+        nodes, containers = live.storage_points()
         points = GaugeMetricFamily(
             "metrics_server_storage_points",
             ALPHA + "Number of metrics points stored.",
@@ -200,14 +208,13 @@ class _LiveCollector:
         points.add_metric(["node"], nodes)
         points.add_metric(["container"], containers)
         yield points
-        alive = sum(1 for s in daemon.manager.nodes.values() if not s.done.is_set())
         yield GaugeMetricFamily(
             "metrics_server_scrape_tasks",
             "Node scrape tasks running (one per selected node).",
-            value=alive,
+            value=live.scrape_tasks_alive(),
         )
         yield GaugeMetricFamily(
             "metrics_server_pods_known",
             "Running pods known from the pod metadata watch.",
-            value=len(daemon.pods),
+            value=live.pods_known(),
         )
