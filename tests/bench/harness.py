@@ -51,7 +51,7 @@ SIM_READY_TIMEOUT = 600.0
 STARTUP_TIMEOUT = 300.0
 STOP_GRACE = 10.0
 NODE_POLL = 0.2
-AGE_POLL = 3.0
+AGE_POLL = 5.0
 
 
 # ---- /proc ------------------------------------------------------------------------------------
@@ -223,10 +223,12 @@ async def _node_ages(http: httpx.AsyncClient, seconds: float, out: dict[str, Any
     }
 
 
-async def measure_size(size: Size, args: argparse.Namespace, base: Path) -> dict[str, Any]:
+async def measure_size(
+    size: Size, args: argparse.Namespace, base: Path
+) -> list[dict[str, Any]]:
+    """Start one simulated cluster and measure each metrics server variant against it."""
     workdir = base / str(size)
     workdir.mkdir(parents=True)
-    result: dict[str, Any] = {"nodes": size.nodes, "pods_per_node": size.pods_per_node}
     sim_log = (workdir / "sim.log").open("wb")
     sim_argv = [
         sys.executable, "-m", "metrics_server.simulator", "--no-metrics-server",
@@ -235,33 +237,66 @@ async def measure_size(size: Size, args: argparse.Namespace, base: Path) -> dict
     ]
     sim_started = time.monotonic()
     sim = await trio.lowlevel.open_process(sim_argv, stdout=sim_log, stderr=subprocess.STDOUT)
-    ms: trio.Process | None = None
+    results = []
     try:
         with trio.fail_after(SIM_READY_TIMEOUT):
             while not (workdir / "workloads.json").exists():
                 if sim.returncode is not None:
                     raise RuntimeError(f"simulator exited: see {workdir / 'sim.log'}")
                 await trio.sleep(0.2)
-        result["sim_start_s"] = time.monotonic() - sim_started
-        result["sim_rss_mib"] = rss_mib(sim.pid)
+        sim_start = time.monotonic() - sim_started
+        for variant, src in args.variants:
+            print(f"   {variant} ...", flush=True)
+            result: dict[str, Any] = {
+                "variant": variant, "nodes": size.nodes, "pods_per_node": size.pods_per_node,
+                "sim_start_s": sim_start, "sim_rss_mib": rss_mib(sim.pid),
+            }
+            await measure_metrics_server(result, size, args, workdir, sim, src)
+            results.append(result)
+    finally:
+        await stop(sim)
+        sim_log.close()
+    return results
 
-        port = free_port()
-        url = f"https://127.0.0.1:{port}"
-        ms_log = (workdir / "metrics-server.log").open("wb")
-        t0 = time.monotonic()
-        ms = await trio.lowlevel.open_process(
-            metrics_server_argv(workdir, port, args.resolution),
-            stdout=ms_log, stderr=subprocess.STDOUT,
-        )
-        pids = [ms.pid, sim.pid]
+
+async def measure_metrics_server(
+    result: dict[str, Any],
+    size: Size,
+    args: argparse.Namespace,
+    workdir: Path,
+    sim: trio.Process,
+    src: str | None,
+) -> None:
+    """Run one metrics server (from `src` when given) against the cluster and measure it."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    ms_log = (workdir / f"metrics-server-{result['variant']}.log").open("wb")
+    sim_cpu0 = cpu_seconds(sim.pid)
+    t0 = time.monotonic()
+    ms = await trio.lowlevel.open_process(
+        metrics_server_argv(workdir, port, args.resolution),
+        stdout=ms_log, stderr=subprocess.STDOUT, env=env,
+    )
+    pids = [ms.pid, sim.pid]
+    try:
         async with client(url, workdir / "pki", connections=4) as http:
             # Start-up: process start until the node list holds every node.
             with trio.fail_after(STARTUP_TIMEOUT):
-                while len(await _served_nodes(http)) < size.nodes:
+                while True:
+                    asked = time.monotonic()
+                    if len(await _served_nodes(http)) >= size.nodes:
+                        break
                     if ms.returncode is not None:
                         raise RuntimeError(f"metrics server exited: see {ms_log.name}")
-                    await trio.sleep(NODE_POLL)
+                    # A list of 5,000 nodes is not free: keep our polling under ~20% of it.
+                    await trio.sleep(max(NODE_POLL, 4 * (time.monotonic() - asked)))
             result["startup_s"] = time.monotonic() - t0
+            # CPU both sides spent getting there: near 2 × startup_s the machine is the limit.
+            result["startup_cpu_s"] = cpu_seconds(ms.pid)
+            result["startup_sim_cpu_s"] = cpu_seconds(sim.pid) - sim_cpu0
             result["rss_at_startup_mib"] = rss_mib(ms.pid)
             # Past the quick start-up re-scrapes, every node is on its own phase.
             await trio.sleep(max(args.warmup - (time.monotonic() - t0), 0))
@@ -298,7 +333,7 @@ async def measure_size(size: Size, args: argparse.Namespace, base: Path) -> dict
 
             if args.qps > 0 and size.pods_per_node > 0:
                 loaded = Samples()
-                out = workdir / "load.json"
+                out = workdir / f"load-{result['variant']}.json"
                 load_argv = [
                     sys.executable, "-m", "tests.bench.load", "--url", url,
                     "--workdir", str(workdir), "--rate", str(args.qps),
@@ -323,11 +358,8 @@ async def measure_size(size: Size, args: argparse.Namespace, base: Path) -> dict
                 result["list_all"] = await _list_all(http, ms.pid)
         result["rss_end_mib"] = rss_mib(ms.pid)
     finally:
-        if ms is not None:
-            await stop(ms)
-        await stop(sim)
-        sim_log.close()
-    return result
+        await stop(ms)
+        ms_log.close()
 
 
 async def _list_all(http: httpx.AsyncClient, pid: int) -> dict[str, Any]:
@@ -361,11 +393,15 @@ async def _list_all(http: httpx.AsyncClient, pid: int) -> dict[str, Any]:
 def per_node(results: list[dict[str, Any]]) -> None:
     """Add per-node figures and ratios to upstream's published sizing; the first result with 0
     nodes is the RSS baseline."""
-    base = next((r for r in results if r["nodes"] == 0), None)
-    base_rss = base["idle"]["rss_mean_mib"] if base else 0.0
     for r in results:
-        if r["nodes"] == 0:
+        if r["nodes"] == 0 or "error" in r:
             continue
+        base = next(
+            (b for b in results
+             if b["nodes"] == 0 and b["variant"] == r["variant"] and "error" not in b),
+            None,
+        )
+        base_rss = base["idle"]["rss_mean_mib"] if base else 0.0
         idle = r["idle"]
         mcpu = idle["cpu_cores"] * 1000
         growth = idle["rss_mean_mib"] - base_rss
@@ -384,12 +420,16 @@ def per_node(results: list[dict[str, Any]]) -> None:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        f"{'size':>10} {'mCPU':>7} {'mCPU/node':>9} {'RSS MiB':>8} {'MiB/node':>8} "
+        f"{'variant':>8} {'size':>10} {'mCPU':>7} {'mCPU/node':>9} {'RSS MiB':>8} {'MiB/node':>8} "
         f"{'start s':>7} {'scr/per':>7} {'age p99':>7} {'q p99ms':>7} {'list s':>6} "
         f"{'list RSS':>9} {'sim CPU':>7}"
     )
     lines = [head]
     for r in results:
+        if "error" in r:
+            lines.append(f"{r['variant']:>8} {r['nodes']:>5}x{r['pods_per_node']:<4} "
+                         f"failed: {r['error']}")
+            continue
         idle = r["idle"]
         s = r.get("summary", {})
         load = r.get("load", {})
@@ -402,7 +442,8 @@ def table(results: list[dict[str, Any]]) -> str:
             return format(v, spec)
 
         lines.append(
-            f"{r['nodes']:>5}x{r['pods_per_node']:<4} {f(idle['cpu_cores'] * 1000, '7.1f')} "
+            f"{r['variant']:>8} {r['nodes']:>5}x{r['pods_per_node']:<4} "
+            f"{f(idle['cpu_cores'] * 1000, '7.1f')} "
             f"{f(s.get('mcpu_per_node'), '9.4f')} {f(idle['rss_mean_mib'], '8.1f')} "
             f"{f(s.get('rss_growth_per_node_mib'), '8.4f')} {f(r.get('startup_s'), '7.2f')} "
             f"{f(idle.get('scrapes_per_node_per_period'), '7.3f')} "
@@ -420,9 +461,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for size in args.sizes:
             print(f"== {size} ...", flush=True)
-            r = await measure_size(size, args, base)
-            results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "load"}), flush=True)
+            try:
+                measured = await measure_size(size, args, base)
+            except (RuntimeError, trio.TooSlowError, OSError) as exc:
+                print(f"   {size} failed: {exc!r}", flush=True)
+                measured = [{"variant": v, "nodes": size.nodes,
+                             "pods_per_node": size.pods_per_node, "error": repr(exc)}
+                            for v, _ in args.variants]
+            for r in measured:
+                results.append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "load"}), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -444,19 +492,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of each measurement window (default 60)")
     p.add_argument("--qps", type=float, default=200.0, help="HPA-style queries per second")
     p.add_argument("--no-list-all", dest="list_all", action="store_false")
+    p.add_argument("--compare", metavar="SRC", default=None,
+                   help="also measure the metrics server from this checkout (e.g. a git "
+                   "worktree of an older commit) against the same clusters")
     p.add_argument("--json", type=Path, default=None, help="write results here")
     p.add_argument("--keep", action="store_true", help="keep work directories and logs")
     p.add_argument("--check", type=Path, default=None,
                    help="recorded results (JSON); fail if a per-node figure is 3x worse")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.variants = [("current", None)]
+    if args.compare:
+        args.variants.insert(0, ("compare", args.compare))
+    return args
 
 
 def check(results: list[dict[str, Any]], recorded_path: Path, factor: float = 3.0) -> list[str]:
     """Gross regressions against recorded figures (by the nearest recorded node count)."""
-    recorded = [r for r in json.loads(recorded_path.read_text())["results"] if r["nodes"]]
+    recorded = [
+        r for r in json.loads(recorded_path.read_text())["results"]
+        if r["nodes"] and "error" not in r
+    ]
     problems = []
     for r in results:
-        if not r["nodes"]:
+        if "error" in r:
+            problems.append(f"{r['nodes']} nodes: {r['error']}")
+            continue
+        if not r["nodes"] or r["variant"] != "current":
             continue
         ref = min(recorded, key=lambda x: abs(x["nodes"] - r["nodes"]))
         for key in ("mcpu_per_node", "rss_growth_per_node_mib"):
