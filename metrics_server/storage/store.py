@@ -1,5 +1,6 @@
 """The metrics store: per node, the last and previous points of the node and of its pods'
-containers, and the usages they yield, computed once per scrape so queries are lookups.
+containers, and the usages they yield: a node's at each scrape, a pod's at its first read
+after a scrape (then cached), so repeated queries are lookups.
 """
 
 from __future__ import annotations
