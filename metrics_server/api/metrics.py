@@ -32,6 +32,8 @@ from metrics_server.quantity import (
 )
 
 API_VERSION = "metrics.k8s.io/v1beta1"
+_VALUE_REQUIRED = frozenset({"=", "==", "in"})
+"""Operators that only match pods carrying one of the listed values (index-friendly)."""
 NODE_FIELDS = ("metadata.name",)
 POD_FIELDS = ("metadata.name", "metadata.namespace")
 JSON_CHOICE: Final = Choice(JSON)
@@ -54,6 +56,7 @@ class Pods(Protocol):
     def get(self, namespace: str, name: str) -> PodInfo | None: ...
     def in_namespace(self, namespace: str) -> Iterable[PodInfo]: ...
     def all_sorted(self) -> Iterable[PodInfo]: ...
+    def with_label(self, namespace: str, key: str, values: Iterable[str]) -> list[PodInfo]: ...
 
 
 InfoT = TypeVar("InfoT", NodeInfo, PodInfo)
@@ -147,6 +150,18 @@ class MetricsAPI:
         self._served(usage.timestamp, now_ns)
         return _render_one(_POD, info, usage, now_ns, choice, query)
 
+    def _candidates(self, namespace: str | None, labels: LabelSelector) -> Iterable[PodInfo]:
+        """Pods that may match: via the label index when the selector requires a value."""
+        if namespace is None:
+            return self._pods.all_sorted()
+        best: list[PodInfo] | None = None
+        for req in labels.requirements:
+            if req.operator in _VALUE_REQUIRED:
+                found = self._pods.with_label(namespace, req.key, req.values)
+                if best is None or len(found) < len(best):
+                    best = found
+        return self._pods.in_namespace(namespace) if best is None else best
+
     def list_pods(
         self, namespace: str | None, query: Mapping[str, str], choice: Choice = JSON_CHOICE
     ) -> bytes:
@@ -154,7 +169,7 @@ class MetricsAPI:
         labels = _label_selector(query)
         fields = _field_selector(query, POD_FIELDS)
         now_ns = time.time_ns()
-        pods = self._pods.all_sorted() if namespace is None else self._pods.in_namespace(namespace)
+        pods = self._candidates(namespace, labels)
         pod_usage = self._store.pod_usage
         on_served = self._on_served
         selected: list[tuple[PodInfo, PodUsage]] = []

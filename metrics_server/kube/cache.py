@@ -113,37 +113,70 @@ def pod_info(obj: dict[str, Any]) -> PodInfo | None:
 
 
 class PodCache:
-    """Running pods' metadata, indexed by namespace for cheap namespaced queries."""
+    """Running pods' metadata by namespace, with a per-namespace label index.
+
+    The index maps (namespace, label key, label value) to pod names, so an HPA-style query
+    (`app=web,pod-template-hash=…` in one namespace) looks at its ~10 candidates instead of
+    matching every pod of the namespace.
+    """
 
     def __init__(self) -> None:
         self._by_ns: dict[str, dict[str, PodInfo]] = {}
+        self._index: dict[tuple[str, str, str], set[str]] = {}
         self._count = 0
 
     def replace(self, objects: list[dict[str, Any]]) -> None:
         by_ns: dict[str, dict[str, PodInfo]] = {}
+        index: dict[tuple[str, str, str], set[str]] = {}
         count = 0
         for info in map(pod_info, objects):
-            if info is not None:
-                by_ns.setdefault(info.namespace, {})[info.name] = info
+            if info is None:
+                continue
+            pods = by_ns.setdefault(info.namespace, {})
+            old = pods.get(info.name)
+            if old is not None:
+                _unindex(index, old)
+            else:
                 count += 1
-        self._by_ns, self._count = by_ns, count
+            pods[info.name] = info
+            _index(index, info)
+        self._by_ns, self._index, self._count = by_ns, index, count
 
     def upsert(self, obj: dict[str, Any]) -> None:
         info = pod_info(obj)
         if info is None:
             return
         pods = self._by_ns.setdefault(info.namespace, {})
-        if info.name not in pods:
+        old = pods.get(info.name)
+        if old is None:
             self._count += 1
+        elif old.labels != info.labels:
+            _unindex(self._index, old)
         pods[info.name] = info
+        if old is None or old.labels != info.labels:
+            _index(self._index, info)
 
     def delete(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         pods = self._by_ns.get(meta.get("namespace", ""))
-        if pods is not None and pods.pop(meta.get("name", ""), None) is not None:
+        if pods is None:
+            return
+        old = pods.pop(meta.get("name", ""), None)
+        if old is not None:
             self._count -= 1
+            _unindex(self._index, old)
             if not pods:
-                del self._by_ns[meta["namespace"]]
+                del self._by_ns[old.namespace]
+
+    def with_label(self, namespace: str, key: str, values: Iterable[str]) -> list[PodInfo]:
+        """Pods of `namespace` whose label `key` has one of `values`, sorted by name."""
+        pods = self._by_ns.get(namespace)
+        if pods is None:
+            return []
+        names: set[str] = set()
+        for value in values:
+            names |= self._index.get((namespace, key, value), set())
+        return [pods[n] for n in sorted(names)]
 
     def get(self, namespace: str, name: str) -> PodInfo | None:
         pods = self._by_ns.get(namespace)
@@ -168,3 +201,18 @@ class PodCache:
 
     def __len__(self) -> int:
         return self._count
+
+
+def _index(index: dict[tuple[str, str, str], set[str]], info: PodInfo) -> None:
+    for key, value in info.labels.items():
+        index.setdefault((info.namespace, key, value), set()).add(info.name)
+
+
+def _unindex(index: dict[tuple[str, str, str], set[str]], info: PodInfo) -> None:
+    for key, value in info.labels.items():
+        entry = (info.namespace, key, value)
+        names = index.get(entry)
+        if names is not None:
+            names.discard(info.name)
+            if not names:
+                del index[entry]

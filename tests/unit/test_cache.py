@@ -84,3 +84,33 @@ def test_objects_without_names_are_ignored() -> None:
     cache = PodCache()
     cache.replace([{"metadata": {"name": "x"}}, {"metadata": {}}])
     assert len(cache) == 0
+
+
+def test_label_index_agrees_with_a_full_scan_under_churn() -> None:
+    import random
+
+    rng = random.Random(5)
+    cache = PodCache()
+    namespaces = ["a", "b"]
+    values = ["x", "y", "z"]
+
+    def random_pod() -> dict[str, Any]:
+        labels = {k: rng.choice(values) for k in ("app", "tier") if rng.random() < 0.8}
+        return pod_obj(rng.choice(namespaces), f"p{rng.randrange(30)}", labels)
+
+    for step in range(400):
+        roll = rng.random()
+        if roll < 0.6:
+            cache.upsert(random_pod())
+        elif roll < 0.95:
+            cache.delete(random_pod())
+        else:
+            cache.replace([random_pod() for _ in range(20)])
+        for ns in namespaces:
+            everyone = list(cache.in_namespace(ns))
+            for key in ("app", "tier", "missing"):
+                for chosen in (["x"], ["y", "z"], []):
+                    want = [p for p in everyone if p.labels.get(key) in chosen]
+                    got = cache.with_label(ns, key, chosen)
+                    assert got == want, (step, ns, key, chosen)
+    assert len(cache) == sum(len(list(cache.in_namespace(ns))) for ns in namespaces)
