@@ -23,6 +23,7 @@ import datetime
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -81,6 +82,10 @@ def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
     return ca, ee
 
 
+ACCEPTED_TTL = datetime.timedelta(minutes=5)
+ACCEPTED_MAX = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class CABundle:
     """A parsed CA bundle: its PEM bytes (for the TLS context) and certificates (for checks)."""
@@ -89,6 +94,9 @@ class CABundle:
     certs: tuple[x509.Certificate, ...] = field(default=(), compare=False)
     source: str = field(default="", compare=False)
     """Where it came from (a file path or `configmap/...`), for logs and errors."""
+    _accepted: dict[bytes, datetime.datetime] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def empty(self) -> bool:
@@ -98,6 +106,19 @@ class CABundle:
         """Raise CertificateRejected unless `leaf` chains to this bundle and is valid at `now`."""
         if not self.certs:
             raise CertificateRejected("empty CA bundle")
+        # The aggregator presents the same front-proxy certificate on every request; a
+        # successful verification is remembered (per bundle, so a CA rotation forgets it)
+        # until the certificate expires or for ACCEPTED_TTL, whichever comes first.
+        key = leaf.fingerprint(hashes.SHA256())
+        until = self._accepted.get(key)
+        if until is not None and now < until:
+            return
+        self._verify(leaf, now)
+        if len(self._accepted) >= ACCEPTED_MAX:
+            self._accepted.clear()
+        self._accepted[key] = min(leaf.not_valid_after_utc, now + ACCEPTED_TTL)
+
+    def _verify(self, leaf: x509.Certificate, now: datetime.datetime) -> None:
         ca_policy, ee_policy = _policies()
         verifier: ClientVerifier = (
             PolicyBuilder()
