@@ -52,6 +52,10 @@ class FakePods:
     def all_sorted(self) -> Iterator[PodInfo]:
         return (self.infos[k] for k in sorted(self.infos))
 
+    def with_label(self, namespace: str, key: str, values: Iterable[str]) -> list[PodInfo]:
+        wanted = set(values)
+        return [p for p in self.in_namespace(namespace) if p.labels.get(key) in wanted]
+
 
 class FakeStore:
     def __init__(
