@@ -41,6 +41,7 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "tests/bench/bench_decode.py")
+    session.run("python", "tests/bench/bench_encode.py")
     session.run("python", "-m", "tests.bench.harness", *session.posargs)
 
 
