@@ -90,6 +90,14 @@ async def run_watch(
     attempt = 0
     started = False
     resource_version = ""
+
+    def connected() -> None:
+        # The apiserver took the watch: whatever ends this stream starts a new series of
+        # retries. Without this only a list or a clean end reset the backoff, so a watch
+        # dropped now and then over hours reconnected later and later, up to the cap.
+        nonlocal attempt
+        attempt = 0
+
     while True:
         try:
             if not resource_version:
@@ -106,7 +114,7 @@ async def run_watch(
                 log.debug("listed %s at resourceVersion %s", spec.name, resource_version)
                 attempt = 0
             resource_version = await _watch(
-                client, spec, sink, stats, resource_version, on_change
+                client, spec, sink, stats, resource_version, on_change, connected
             )
             # Server closed the stream normally (timeoutSeconds): resume from where we are.
             attempt = 0
@@ -189,6 +197,7 @@ async def _watch(
     stats: WatchStats,
     resource_version: str,
     on_change: Callable[[], None] | None,
+    on_connected: Callable[[], None],
 ) -> str:
     params = dict(
         spec.params,
@@ -213,6 +222,7 @@ async def _watch(
             raise WatchError(
                 f"watch {spec.name}: HTTP {response.status_code}: {_status_message(body)}"
             )
+        on_connected()
         buffer = b""
         chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
         while True:

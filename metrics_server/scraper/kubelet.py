@@ -20,8 +20,9 @@ from metrics_server.kube.credentials import BearerAuth, ClusterAccess, Credentia
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A kubelet with 250 pods of 10 containers sends ~2 MB; anything past this is broken."""
-CONNECT_SHARE = 0.9
-"""TCP connect and TLS handshake each time out at this share of --kubelet-request-timeout."""
+CONNECT_MARGIN = 1.0
+"""TCP connect and TLS handshake each time out this many seconds (at most half the timeout)
+before --kubelet-request-timeout, so a busy process still sees them expire first."""
 
 
 class ScrapeError(Exception):
@@ -79,6 +80,7 @@ class KubeletTransport:
 
     def client(self) -> httpx.AsyncClient:
         """A client holding at most one keep-alive connection (one per node)."""
+        timeout = self._options.request_timeout / 1e9
         return httpx.AsyncClient(
             verify=self._ssl,
             auth=self._auth,
@@ -93,10 +95,7 @@ class KubeletTransport:
             # closes the TCP socket when the TLS handshake fails with an exception, but not
             # when it is cancelled, so a kubelet that accepts and never completes the
             # handshake would leave a socket to the garbage collector on every scrape.
-            timeout=httpx.Timeout(
-                self._options.request_timeout / 1e9 + 1,
-                connect=self._options.request_timeout / 1e9 * CONNECT_SHARE,
-            ),
+            timeout=httpx.Timeout(timeout + 1, connect=max(timeout / 2, timeout - CONNECT_MARGIN)),
             headers={"User-Agent": "metrics-server-py", "Accept": "text/plain"},
             follow_redirects=False,
             trust_env=False,
