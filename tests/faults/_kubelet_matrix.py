@@ -94,67 +94,66 @@ class KubeletRun:
     """Failures of the 100 MB node between the two peak-RSS readings."""
 
 
-async def run_kubelet_matrix(workdir: Path) -> KubeletRun:
+async def run_kubelet_matrix(workdir: Path, logs: LogRecords) -> KubeletRun:
     node_of = {
         row.id: name_in_phase(row.id, *PHASE_WINDOW, resolution=RESOLUTION) for row in ROWS
     }
     faults = {node_of[row.id]: row.fault for row in ROWS}
     config = ClusterConfig(nodes=0, kubelet_refresh=0.5, faults=faults)
-    with LogRecords() as logs:
-        run = KubeletRun(node_of=node_of, logs=logs, scrapes=ScrapeLog(), api=ApiProbe())
-        with trio.fail_after(FAULT_WINDOW_LIMIT + RECOVERY_LIMIT + 20):
-            async with open_cluster(config) as cluster:
-                for name in HEALTHY:
-                    cluster.add_node(name, pods=3)
+    run = KubeletRun(node_of=node_of, logs=logs, scrapes=ScrapeLog(), api=ApiProbe())
+    with trio.fail_after(FAULT_WINDOW_LIMIT + RECOVERY_LIMIT + 20):
+        async with open_cluster(config) as cluster:
+            for name in HEALTHY:
+                cluster.add_node(name, pods=3)
+            for name in node_of.values():
+                cluster.add_node(name, pods=2)
+            extra = ["--kubelet-request-timeout", f"{KUBELET_TIMEOUT:g}s"]
+            async with (
+                running_daemon(cluster, workdir, extra) as d,
+                direct_client(cluster, d) as client,
+                trio.open_nursery() as nursery,
+            ):
+                assert d.options.metric_resolution == RESOLUTION * 1e9
                 for name in node_of.values():
-                    cluster.add_node(name, pods=2)
-                extra = ["--kubelet-request-timeout", f"{KUBELET_TIMEOUT:g}s"]
-                async with (
-                    running_daemon(cluster, workdir, extra) as d,
-                    direct_client(cluster, d) as client,
-                    trio.open_nursery() as nursery,
-                ):
-                    assert d.options.metric_resolution == RESOLUTION * 1e9
-                    for name in node_of.values():
-                        # The names were chosen with the manager's own formula.
-                        assert PHASE_WINDOW[0] <= d.manager.phase(name) < PHASE_WINDOW[1]
-                    run.started = trio.current_time()
-                    nursery.start_soon(run.scrapes.run, d)
-                    nursery.start_soon(run.api.run, client)
-                    faulty = list(node_of.values())
-                    huge = node_of["huge-100mb"]
+                    # The names were chosen with the manager's own formula.
+                    assert PHASE_WINDOW[0] <= d.manager.phase(name) < PHASE_WINDOW[1]
+                run.started = trio.current_time()
+                nursery.start_soon(run.scrapes.run, d)
+                nursery.start_soon(run.api.run, client)
+                faulty = list(node_of.values())
+                huge = node_of["huge-100mb"]
 
-                    def failed(node: str, times: int) -> bool:
-                        state = d.manager.nodes.get(node)
-                        return state is not None and state.failures >= times
+                def failed(node: str, times: int) -> bool:
+                    state = d.manager.nodes.get(node)
+                    return state is not None and state.failures >= times
 
-                    with trio.fail_after(FAULT_WINDOW_LIMIT):
-                        await d.wait_for(lambda: failed(huge, 1))
-                    run.hwm_kib_before = rss_kib("VmHWM")
-                    huge_before = d.manager.nodes[huge].failures
-                    # A fault that is not detected fails its own row, not the whole run.
-                    with trio.move_on_after(FAULT_WINDOW_LIMIT):
-                        await d.wait_for(lambda: all(failed(n, 2) for n in faulty))
-                    run.hwm_kib_after = rss_kib("VmHWM")
-                    run.huge_failures_measured = d.manager.nodes[huge].failures - huge_before
-                    for node in faulty:
-                        state = d.manager.nodes[node]
-                        reason = state.last_error.reason if state.last_error else None
-                        run.state_while_faulty[node] = (state.failures, reason)
-                    run.counters_while_faulty = failure_counters(
-                        (await client.get("/metrics")).text
-                    )
-                    run.faulty_until = trio.current_time()
-                    for node in faulty:
-                        cluster.clear_fault(node)
-                    pending = set(faulty)
-                    with trio.move_on_after(RECOVERY_LIMIT):
-                        while pending:
-                            for node in [n for n in pending if d.store.node_usage(n)]:
-                                run.served_again[node] = trio.current_time()
-                                pending.discard(node)
-                            await d.changes.park()
-                    run.scrapes.record(d)
-                    run.ended = trio.current_time()
-                    nursery.cancel_scope.cancel()
+                with trio.fail_after(FAULT_WINDOW_LIMIT):
+                    await d.wait_for(lambda: failed(huge, 1))
+                run.hwm_kib_before = rss_kib("VmHWM")
+                huge_before = d.manager.nodes[huge].failures
+                # A fault that is not detected fails its own row, not the whole run.
+                with trio.move_on_after(FAULT_WINDOW_LIMIT):
+                    await d.wait_for(lambda: all(failed(n, 2) for n in faulty))
+                run.hwm_kib_after = rss_kib("VmHWM")
+                run.huge_failures_measured = d.manager.nodes[huge].failures - huge_before
+                for node in faulty:
+                    state = d.manager.nodes[node]
+                    reason = state.last_error.reason if state.last_error else None
+                    run.state_while_faulty[node] = (state.failures, reason)
+                run.counters_while_faulty = failure_counters(
+                    (await client.get("/metrics")).text
+                )
+                run.faulty_until = trio.current_time()
+                for node in faulty:
+                    cluster.clear_fault(node)
+                pending = set(faulty)
+                with trio.move_on_after(RECOVERY_LIMIT):
+                    while pending:
+                        for node in [n for n in pending if d.store.node_usage(n)]:
+                            run.served_again[node] = trio.current_time()
+                            pending.discard(node)
+                        await d.changes.park()
+                run.scrapes.record(d)
+                run.ended = trio.current_time()
+                nursery.cancel_scope.cancel()
     return run

@@ -18,22 +18,33 @@ PREFIX = "/apis/metrics.k8s.io/v1beta1"
 API_DEADLINE = 1.0
 """Every API answer during a fault must come within this many seconds."""
 
-_FAILURES = re.compile(
-    r'^metrics_server_scrape_failures_total\{node="([^"]*)",reason="([^"]*)"\} (\S+)$', re.M
-)
-_RESTARTS = re.compile(
-    r'^metrics_server_watch_restarts_total\{resource="([^"]*)",reason="([^"]*)"\} (\S+)$', re.M
-)
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def series(metrics_text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The labelled samples of one metric in Prometheus text, in any label order."""
+    return [
+        (dict(_LABEL.findall(labels)), float(value))
+        for metric, labels, value in _SAMPLE.findall(metrics_text)
+        if metric == name
+    ]
 
 
 def failure_counters(metrics_text: str) -> dict[tuple[str, str], float]:
     """`metrics_server_scrape_failures_total` by (node, reason) from /metrics text."""
-    return {(n, r): float(v) for n, r, v in _FAILURES.findall(metrics_text)}
+    return {
+        (labels["node"], labels["reason"]): value
+        for labels, value in series(metrics_text, "metrics_server_scrape_failures_total")
+    }
 
 
 def watch_restarts(metrics_text: str) -> dict[tuple[str, str], float]:
     """`metrics_server_watch_restarts_total` by (resource, reason) from /metrics text."""
-    return {(res, r): float(v) for res, r, v in _RESTARTS.findall(metrics_text)}
+    return {
+        (labels["resource"], labels["reason"]): value
+        for labels, value in series(metrics_text, "metrics_server_watch_restarts_total")
+    }
 
 
 def phase_of(name: str, resolution: float) -> float:
@@ -136,8 +147,11 @@ class ScrapeLog:
 
 @dataclass(slots=True)
 class ApiProbe:
-    """Polls the node list; every answer must be a 200 within API_DEADLINE."""
+    """Polls one path (the node list by default); records every answer and how long it took.
 
+    A poll that gets no answer within API_DEADLINE is a failure."""
+
+    path: str = f"{PREFIX}/nodes"
     answers: list[tuple[float, float, int, frozenset[str]]] = field(default_factory=list)
     """(trio time, seconds taken, status, node names served)."""
     failures: list[str] = field(default_factory=list)
@@ -147,12 +161,12 @@ class ApiProbe:
             began = trio.current_time()
             try:
                 with trio.fail_after(API_DEADLINE):
-                    response = await client.get(f"{PREFIX}/nodes")
+                    response = await client.get(self.path)
             except (trio.TooSlowError, httpx.HTTPError) as exc:
                 self.failures.append(f"at {began:.1f}: {exc!r}")
             else:
                 names: frozenset[str] = frozenset()
-                if response.status_code == 200:
+                if response.status_code == 200 and self.path.endswith("/nodes"):
                     names = frozenset(i["metadata"]["name"] for i in response.json()["items"])
                 self.answers.append(
                     (began, trio.current_time() - began, response.status_code, names)
