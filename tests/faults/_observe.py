@@ -5,16 +5,30 @@ answers and their latency, self-metrics and memory. Tests assert on the records 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 import trio
 
 from metrics_server.daemon import Daemon
 
 PREFIX = "/apis/metrics.k8s.io/v1beta1"
+
+KNOWN_BUGS = bool(os.environ.get("MS_KNOWN_BUGS"))
+
+
+def known_bug(reason: str) -> pytest.MarkDecorator:
+    """A test that fails until a reported bug outside tests/ is fixed: skipped by default,
+    run (and failing) with MS_KNOWN_BUGS=1."""
+    return pytest.mark.skipif(
+        not KNOWN_BUGS, reason=f"known bug (MS_KNOWN_BUGS=1 runs it): {reason}"
+    )
+
+
 API_DEADLINE = 1.0
 """Every API answer during a fault must come within this many seconds."""
 
