@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s bench`."""
+"""Developer tasks: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s soak`,
+`nox -s load`."""
 
 from __future__ import annotations
 
@@ -54,4 +55,28 @@ def bench_smoke(session: nox.Session) -> None:
         "python", "-m", "tests.bench.harness",
         "--sizes", "0x0,200x30", "--warmup", "10", "--window", "20", "--qps", "50",
         "--check", "docs/bench-results.json", *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """~10 minutes of churn (nodes and pods come and go, kubelets flap, watches drop)
+    against the metrics server as its own process: zero API errors, stable RSS, scrape
+    tasks tracking nodes. Figures in build/soak.json; `-- --duration 1800` for longer."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "tests.soak.soak", "--duration", "600", "--out", "build/soak.json",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def load(session: nox.Session) -> None:
+    """500 mixed queries/s (node list, pod list by namespace and selector, pod get, /readyz)
+    for 60 s from a separate process while scraping: zero errors, latency percentiles.
+    Figures in build/load.json; e.g. `-- --rate 800 --duration 120` to push harder."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "tests.soak.loadrun", "--rate", "500", "--duration", "60",
+        "--out", "build/load.json", *session.posargs,
     )
