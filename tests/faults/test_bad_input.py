@@ -56,13 +56,15 @@ class Server:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     config = ClusterConfig(nodes=2, pods_per_node=3, kubelet_refresh=0.5)
-    async with (
-        open_cluster(config) as cluster,
-        running_daemon(cluster, tmp_path) as d,
-        direct_client(cluster, d) as client,
-    ):
-        ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
-        yield Server(cluster, d, client, ctx)
+    # Bounds start-up and teardown too; each test has its own, shorter deadline inside.
+    with trio.fail_after(TEST_DEADLINE * 2):
+        async with (
+            open_cluster(config) as cluster,
+            running_daemon(cluster, tmp_path) as d,
+            direct_client(cluster, d) as client,
+        ):
+            ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
+            yield Server(cluster, d, client, ctx)
 
 
 def status_problem(status: int, body: bytes, allowed: tuple[int, ...] = ()) -> str | None:
