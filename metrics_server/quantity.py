@@ -39,6 +39,9 @@ def format_cpu(nanocores: int) -> str:
     return _format_decimal(nanocores, -9)
 
 
+_INT64_MIN = -(1 << 63)
+
+
 def format_memory(bytes_: int) -> str:
     """Memory as `resource.NewQuantity(bytes_, resource.BinarySI)` serializes it.
 
@@ -50,6 +53,9 @@ def format_memory(bytes_: int) -> str:
         return "0"
     if -1024 < bytes_ < 1024:
         return _format_decimal(bytes_, 0)
+    if bytes_ == _INT64_MIN:
+        # Go negates the value to strip 1024 factors; MinInt64 stays negative, so none go.
+        return str(bytes_)
     mantissa = abs(bytes_)
     power = 0
     while mantissa % 1024 == 0 and power < len(_BINARY_SUFFIXES) - 1:

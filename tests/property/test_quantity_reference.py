@@ -17,7 +17,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from metrics_server.quantity import format_cpu, format_go_duration, format_memory
-from tests.faults._observe import known_bug
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 INT64 = st.integers(INT64_MIN, INT64_MAX)
@@ -164,8 +163,9 @@ def test_cpu_matches_apimachinery(nanocores: int) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.one_of(INT64, BINARY, ROUND).filter(lambda v: v != INT64_MIN))
+@given(st.one_of(INT64, BINARY, ROUND))
 @example(INT64_MAX)
+@example(INT64_MIN)
 @example(1023)
 @example(-1024)
 @example(1 << 62)
@@ -173,11 +173,6 @@ def test_memory_matches_apimachinery(bytes_: int) -> None:
     assert format_memory(bytes_) == reference_quantity(bytes_, 0, binary=True)
 
 
-@known_bug(
-    "quantity.py format_memory(-2**63) is '-8Ei'; Go negates MinInt64 in removeInt64Factors, "
-    "it stays negative, no 1024 factor is removed: '-9223372036854775808' (memory is never "
-    "negative in practice)"
-)
 def test_memory_of_min_int64_matches_apimachinery() -> None:
     assert format_memory(INT64_MIN) == reference_quantity(INT64_MIN, 0, binary=True)
 

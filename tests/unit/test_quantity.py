@@ -118,7 +118,9 @@ def test_format_cpu_round_trips_and_is_canonical(nanocores: int) -> None:
 def test_format_memory_round_trips_and_prefers_binary_suffixes(bytes_: int) -> None:
     text = format_memory(bytes_)
     assert _parse_memory_bytes(text) == bytes_
-    if abs(bytes_) >= 1024:
+    if bytes_ == -(2**63):
+        assert text == str(bytes_)  # Go cannot negate MinInt64, so it strips no factor
+    elif abs(bytes_) >= 1024:
         m = re.fullmatch(r"-?([0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei)?", text)
         assert m is not None
         digits, suffix = m.groups()
