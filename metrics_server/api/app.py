@@ -133,6 +133,8 @@ def _aggregated_allowed(media_type: str, conversion: Conversion) -> bool:
 def create_app(parts: AppParts) -> QuartTrio:
     app = QuartTrio("metrics_server")
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    # Kubernetes answers OPTIONS like any other method it does not serve: a 405 Status.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     api = parts.api
 
     @app.errorhandler(ApiError)

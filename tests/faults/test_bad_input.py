@@ -21,7 +21,7 @@ import trio
 
 from metrics_server.daemon import Daemon
 from metrics_server.simulator import Cluster, ClusterConfig, open_cluster
-from tests.faults._observe import API_DEADLINE, PREFIX, known_bug
+from tests.faults._observe import API_DEADLINE, PREFIX
 from tests.faults._raw import RawAnswer, exchange, open_tls, request
 from tests.harness import direct_client, running_daemon
 
@@ -267,10 +267,6 @@ async def test_every_other_method_is_405_status(server: Server) -> None:
     report(problems)
 
 
-@known_bug(
-    "api/app.py: Quart answers OPTIONS on every route itself (200, text/html, empty body, "
-    "Allow header) instead of a 405 Status like every other method"
-)
 async def test_options_is_405_status(server: Server) -> None:
     problems = {}
     with trio.fail_after(TEST_DEADLINE):
