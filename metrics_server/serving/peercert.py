@@ -8,6 +8,12 @@ which takes an already wrapped stream and does the handshake itself. `serve_hype
 worker_serve reduced to what we need (no QUIC, no insecure binds, no statsd), with two changes:
 
 * the listeners are ours (`DynamicTLSListener`, current context per accepted connection);
+* connections accepted while no client CA was known were never asked for a certificate (Go
+  asks always and judges per request; OpenSSL cannot accept an unverifiable one). They run
+  under their own `WorkerContext`, which is terminated when a CA appears: Hypercorn then
+  closes them the way it does at shutdown (idle ones at once, HTTP/1.1 after the response in
+  flight, HTTP/2 with GOAWAY once idle), and clients such as the aggregator reconnect and
+  present their certificate;
 * each connection's `TCPServer` gets the app wrapped in `TLSScopeApp`, which holds that
   connection's `SSLStream` and adds the ASGI TLS extension to every http scope:
   `scope["extensions"]["tls"] = {"server_cert": None, "client_cert_chain": [PEM, ...],
@@ -92,15 +98,32 @@ class TLSScopeApp:
         await self.app(scope, receive, send, sync_spawn, call_soon)
 
 
+class _Uncertified:
+    """The WorkerContext of connections that were accepted without asking for a certificate."""
+
+    def __init__(self) -> None:
+        self.context = WorkerContext(None)
+
+    async def retire_on(self, client_ca_added: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await client_ca_added()
+            retired, self.context = self.context, WorkerContext(None)
+            await retired.terminated.set()
+
+
 async def serve_hypercorn(
     app: ASGIApp,
     config: Config,
     listeners: Sequence[trio.abc.Listener[trio.SSLStream[trio.SocketStream]]],
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    client_ca_added: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the ASGI app on `listeners` until `shutdown_trigger` returns, then drain.
+
+    `client_ca_added` returns each time a client CA becomes known after none was; connections
+    accepted without asking for a certificate are then asked to finish.
 
     Shutdown, like Hypercorn's: stop accepting, tell connections to finish (keep-alive ends),
     cancel whatever is still running after `config.graceful_timeout`, then lifespan shutdown.
@@ -109,12 +132,14 @@ async def serve_hypercorn(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
+    uncertified = _Uncertified()
 
     async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        asked_for_cert = stream.context.verify_mode != ssl.CERT_NONE
         server = TCPServer(
             TLSScopeApp(wrapped, stream),
             config,
-            context,
+            context if asked_for_cert else uncertified.context,
             ConnectionState(lifespan_state.copy()),
             stream,
         )
@@ -129,6 +154,8 @@ async def serve_hypercorn(
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    if client_ca_added is not None:
+                        nursery.start_soon(uncertified.retire_on, client_ca_added)
                     nursery.start_soon(
                         partial(
                             trio.serve_listeners,
@@ -143,6 +170,7 @@ async def serve_hypercorn(
                     raise others from None
             finally:
                 await context.terminated.set()
+                await uncertified.context.terminated.set()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

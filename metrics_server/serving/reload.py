@@ -60,6 +60,7 @@ class DynamicServingContext:
         self._ca: bytes = b""
         self.generation = 0
         self._changed = trio.Event()
+        self._ca_added = trio.Event()
 
     def current(self) -> ssl.SSLContext:
         if self._ctx is None:
@@ -80,10 +81,14 @@ class DynamicServingContext:
     def _install(
         self, ctx: ssl.SSLContext, keys: tuple[_FileKey | None, _FileKey | None], ca: bytes
     ) -> None:
+        ca_added = bool(ca.strip()) and not self._ca.strip() and self._ctx is not None
         self._ctx, self._keys, self._ca = ctx, keys, ca
         self.generation += 1
         self._changed.set()
         self._changed = trio.Event()
+        if ca_added:
+            self._ca_added.set()
+            self._ca_added = trio.Event()
 
     async def reload_if_changed(self) -> bool:
         """One poll: rebuild when files or CAs changed. True when a new context is in use."""
@@ -102,6 +107,11 @@ class DynamicServingContext:
         if self.on_reload is not None:
             self.on_reload(what)
         return True
+
+    async def wait_client_ca_added(self) -> None:
+        """Return the next time a client CA becomes known after none was: connections accepted
+        before then were never asked for a certificate and should be retired."""
+        await self._ca_added.wait()
 
     async def wait_generation_above(self, generation: int) -> int:
         """Return once a context newer than `generation` is installed (used by tests)."""

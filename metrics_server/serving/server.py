@@ -180,7 +180,12 @@ async def _serve_then_stop(
 ) -> None:
     try:
         await serve_hypercorn(
-            app, hc, [listener], shutdown_trigger=shutdown_trigger, task_status=task_status
+            app,
+            hc,
+            [listener],
+            shutdown_trigger=shutdown_trigger,
+            client_ca_added=listener.contexts.wait_client_ca_added,
+            task_status=task_status,
         )
     finally:
         # Hypercorn is done: stop the reload poller too.

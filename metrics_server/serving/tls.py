@@ -11,7 +11,8 @@
   union of the client CA and request-header CA, like upstream's ApplyClientCert. Difference:
   Go accepts any certificate at the handshake and judges it per request, whereas OpenSSL
   aborts the handshake when a presented certificate does not verify; that is stricter, never
-  laxer. With no CA at all, no certificate is requested.
+  laxer. With no CA at all, no certificate is requested (such connections are retired once a
+  CA appears: see `peercert.py`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from metrics_server.simulator import Cluster, ClusterConfig, open_cluster
-from tests.faults._observe import PREFIX, known_bug
+from tests.faults._observe import PREFIX
 from tests.harness import apiserver_client, daemon_argv, direct_client, running_daemon
 
 CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
@@ -77,12 +77,6 @@ async def _aggregator_gets_in(cluster: Cluster, port: int, *, reconnect: bool = 
     return False
 
 
-@known_bug(
-    "serving/tls.py asks for no client certificate while no client CA is known, so "
-    "a connection opened then stays anonymous after the ConfigMap appears (Go asks always "
-    "and verifies per request); the aggregator keeps its connections, so aggregated "
-    "requests get 403 until it reconnects"
-)
 async def test_aggregator_connection_from_before_the_configmap_gets_in(tmp_path: Path) -> None:
     with trio.fail_after(40):
         async with open_cluster(_small_cluster()) as cluster:
