@@ -50,13 +50,14 @@ def _server_context(leaf: trustme.LeafCert) -> ssl.SSLContext:
 class PKI:
     """Generates and holds every key and certificate of one simulated cluster."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, kubelet_ca: trustme.CA | None = None) -> None:
         self.directory = directory
         self._kubelet_shared: ssl.SSLContext | None = None
         self._kubelet_named: dict[str, ssl.SSLContext] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self.cluster_ca = trustme.CA(organization_name="kubernetes")
-        self.kubelet_ca = trustme.CA(organization_name="kubelet")
+        # Kubelet shard processes (`_shards.py`) serve with the main process's kubelet CA.
+        self.kubelet_ca = kubelet_ca or trustme.CA(organization_name="kubelet")
         self.front_proxy_ca = trustme.CA(organization_name="front-proxy")
         self.client_ca = trustme.CA(organization_name="client")
         self.wrong_ca = trustme.CA(organization_name="somebody-else")

@@ -27,7 +27,8 @@ from metrics_server.simulator._apiserver import FakeAPIServer
 from metrics_server.simulator._auth import ADMIN, METRICS_SERVER, NOBODY, VIEWER, User
 from metrics_server.simulator._certs import PKI
 from metrics_server.simulator._kubelet import FakeKubelet
-from metrics_server.simulator._world import Node, World
+from metrics_server.simulator._shards import ShardSpec, start_kubelet_shards
+from metrics_server.simulator._world import Node, World, populate_node
 from metrics_server.simulator.faults import Fault
 
 __all__ = ["Cluster", "ClusterConfig", "open_cluster", "run_cluster"]
@@ -63,6 +64,22 @@ class ClusterConfig:
     """Faults set on nodes from the start (e.g. {"node-1": NoIPSAN()})."""
     clock: Callable[[], float] = time.time
     """Wall clock in seconds since the epoch, used for sample timestamps."""
+    kubelet_port_base: int = 0
+    """When set, the initial node-i's kubelet listens on 127.0.0.1:(base + i); 0 = ephemeral."""
+    kubelet_processes: int = 1
+    """Processes serving the initial nodes' kubelets: node-i is served by process i mod this
+    (0 is this one; the others are `_shards.py` children). More than 1 needs a port base."""
+
+    def __post_init__(self) -> None:
+        if self.kubelet_processes < 1:
+            raise ValueError("kubelet_processes must be at least 1")
+        if self.kubelet_processes > 1 and not self.kubelet_port_base:
+            raise ValueError("kubelet_processes > 1 needs kubelet_port_base")
+        if self.kubelet_port_base and not 1024 <= self.kubelet_port_base <= 65535 - self.nodes:
+            raise ValueError(
+                f"kubelet_port_base {self.kubelet_port_base}: the {self.nodes} ports from it "
+                "must lie within 1024-65535"
+            )
 
 
 def _kubeconfig(server: str, ca_pem: bytes, user: str, token: str) -> str:
@@ -108,6 +125,10 @@ class Cluster:
             self.nobody_token: NOBODY,
         }
         self.kubelets: dict[str, FakeKubelet] = {}
+        self._fixed_ports: dict[str, int] = {}
+        """Initial nodes with a fixed kubelet port."""
+        self._remote: set[str] = set()
+        """Initial nodes whose kubelet a shard process serves (no faults for those)."""
         self.world = World(
             seed=config.seed,
             clock=config.clock,
@@ -177,9 +198,13 @@ class Cluster:
     # ---- start-up ---------------------------------------------------------------------------
 
     def _start_kubelet(self, node: Node) -> None:
+        port = self._fixed_ports.get(node.name, 0)
+        if node.name in self._remote:
+            node.kubelet_port = port
+            return
         kubelet = FakeKubelet(
             node.name, self.world, self.pki, token=self.metrics_server_token,
-            nursery=self._nursery, fault=self.config.faults.get(node.name),
+            nursery=self._nursery, fault=self.config.faults.get(node.name), port=port,
         )
         kubelet.start()
         self.kubelets[node.name] = kubelet
@@ -203,8 +228,14 @@ class Cluster:
             "requestheader-group-headers": '["X-Remote-Group"]',
             "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
         })
-        for i in range(self.config.nodes):
-            self.add_node(f"node-{i}", pods=self.config.pods_per_node, _initial=True)
+        config = self.config
+        for i in range(config.nodes):
+            name = f"node-{i}"
+            if config.kubelet_port_base:
+                self._fixed_ports[name] = config.kubelet_port_base + i
+            if i % config.kubelet_processes:
+                self._remote.add(name)
+            self.add_node(name, pods=config.pods_per_node, _initial=True)
 
     def _write_kubeconfigs(self) -> None:
         ca = self.pki.cluster_ca.cert_pem.bytes()
@@ -249,19 +280,7 @@ class Cluster:
         _initial: bool = False,
     ) -> None:
         """Add a node with its kubelet. `pods` is a count (generated) or (namespace, name) pairs."""
-        world = self.world
-        world.add_node(name, labels)
-        specs = (
-            [world.generate_pod_spec(name, i) for i in range(pods)] if isinstance(pods, int)
-            else [(ns, pod, {"app": pod.rsplit("-", 2)[0]}, ["main"]) for ns, pod in pods]
-        )
-        for ns, pod, pod_labels, containers in specs:
-            start = None
-            if _initial:
-                # Initial pods have been running for a while, as in a real cluster.
-                age = world.rng("age", ns, pod).randrange(600, 5 * 86400)
-                start = max(world.now_s() - age, world.nodes[name].boot + 60)
-            world.add_pod(ns, pod, name, containers, pod_labels, start=start)
+        populate_node(self.world, name, labels, pods, initial=_initial)
 
     def remove_node(self, name: str) -> None:
         """Delete the node, its pods and its kubelet."""
@@ -385,6 +404,18 @@ async def run_cluster(
             cluster._populate()
             cluster._write_kubeconfigs()
             cluster.write_workloads()
+            if config.kubelet_processes > 1:
+                spec = ShardSpec(
+                    nodes=config.nodes,
+                    pods_per_node=config.pods_per_node,
+                    seed=config.seed,
+                    kubelet_refresh=config.kubelet_refresh,
+                    memory_wobble=config.memory_wobble,
+                    port_base=config.kubelet_port_base,
+                    processes=config.kubelet_processes,
+                    token=cluster.metrics_server_token,
+                )
+                await start_kubelet_shards(spec, cluster.pki, workdir, nursery)
             task_status.started(cluster)
             await trio.sleep_forever()
     finally:

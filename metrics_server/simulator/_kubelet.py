@@ -110,7 +110,7 @@ class FakeKubelet:
 
     def __init__(
         self, name: str, world: World, pki: PKI, *, token: str, nursery: trio.Nursery,
-        fault: Fault | None = None,
+        fault: Fault | None = None, port: int = 0,
     ) -> None:
         self.name = name
         self._world = world
@@ -119,7 +119,7 @@ class FakeKubelet:
         self.fault = fault
         self._kind = _cert_kind(fault)
         self._ctx: ssl.SSLContext = pki.kubelet_context(name, self._kind)
-        self.listener = RestartableListener(nursery, self._connection)
+        self.listener = RestartableListener(nursery, self._connection, port=port)
 
     @property
     def port(self) -> int:

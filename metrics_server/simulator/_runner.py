@@ -118,7 +118,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="run kubectl top against the cluster, print it next to the truth, exit")
     p.add_argument("--no-memory-wobble", action="store_true",
                    help="keep memory constant (it moves slowly by default)")
-    return p.parse_args(argv)
+    p.add_argument("--kubelet-processes", type=int, default=1,
+                   help="processes serving the kubelets (default 1); more than one puts "
+                   "node-i's kubelet on a fixed port, --kubelet-port-base + i")
+    p.add_argument("--kubelet-port-base", type=int, default=0,
+                   help="first fixed kubelet port (default: ephemeral ports with one "
+                   "process, 20000 with more)")
+    args = p.parse_args(argv)
+    if args.kubelet_processes < 1:
+        p.error("--kubelet-processes must be at least 1")
+    if args.kubelet_processes > 1 and not args.kubelet_port_base:
+        args.kubelet_port_base = 20000
+    if args.kubelet_port_base and not 1024 <= args.kubelet_port_base <= 65535 - args.nodes:
+        p.error(f"--kubelet-port-base {args.kubelet_port_base}: the {args.nodes} ports from "
+                "it must lie within 1024-65535")
+    return args
 
 
 def options_from(args: argparse.Namespace, kubectl: Path | None) -> Options:
@@ -130,6 +144,8 @@ def options_from(args: argparse.Namespace, kubectl: Path | None) -> Options:
         workdir=args.workdir,
         apiserver_port=args.apiserver_port,
         memory_wobble=not args.no_memory_wobble,
+        kubelet_port_base=args.kubelet_port_base,
+        kubelet_processes=args.kubelet_processes,
     )
     return Options(
         config=config,

@@ -33,6 +33,7 @@ __all__ = [
     "Pod",
     "World",
     "go_float",
+    "populate_node",
 ]
 
 Obj = dict[str, Any]
@@ -739,3 +740,27 @@ class World:
 
 def _with_rv(obj: Obj, rv: int) -> Obj:
     return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(rv)}}
+
+
+def populate_node(
+    world: World,
+    name: str,
+    labels: Mapping[str, str] | None,
+    pods: int | Iterable[tuple[str, str]],
+    *,
+    initial: bool,
+) -> None:
+    """Add a node and its pods to `world`: a count of pods is generated from the seed, so a
+    kubelet shard process that populates the same node gets the same pods."""
+    world.add_node(name, labels)
+    specs = (
+        [world.generate_pod_spec(name, i) for i in range(pods)] if isinstance(pods, int)
+        else [(ns, pod, {"app": pod.rsplit("-", 2)[0]}, ["main"]) for ns, pod in pods]
+    )
+    for ns, pod, pod_labels, containers in specs:
+        start = None
+        if initial:
+            # Initial pods have been running for a while, as in a real cluster.
+            age = world.rng("age", ns, pod).randrange(600, 5 * 86400)
+            start = max(world.now_s() - age, world.nodes[name].boot + 60)
+        world.add_pod(ns, pod, name, containers, pod_labels, start=start)

@@ -4,6 +4,7 @@ list/watch semantics, reviews and the aggregation proxy. Every test has a deadli
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -563,3 +564,65 @@ async def test_truth_over_http() -> None:
             containers = truth["pods"][f"{ns}/{name}"]["containers"]
             assert {k: (v["cpu"], v["memory"]) for k, v in containers.items()} == (
                 cluster.truth_pod(ns, name))
+
+
+def _free_port_run(count: int) -> int:
+    """A base port whose next `count` ports are free now, below the ephemeral range."""
+    for base in range(21000, 32000 - count, 97):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port run")
+
+
+async def test_kubelet_shard_processes_serve_the_same_nodes_and_pods() -> None:
+    """With kubelet_processes=3, node-1 and node-2 are served by child processes on fixed
+    ports; every kubelet answers with exactly the pods the apiserver lists on its node and the
+    ground-truth memory, and the nodes advertise those ports."""
+    base = _free_port_run(5)
+    config = ClusterConfig(nodes=5, pods_per_node=12, kubelet_processes=3, kubelet_port_base=base)
+    with trio.fail_after(60):
+        async with cluster_and_client(config) as (cluster, api), kubelet_client(cluster) as kc:
+            nodes = (await api.get("/api/v1/nodes")).json()["items"]
+            ports = {
+                n["metadata"]["name"]: n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+                for n in nodes
+            }
+            assert ports == {f"node-{i}": base + i for i in range(5)}
+            assert sorted(cluster.kubelets) == ["node-0", "node-3"]  # the rest are remote
+            for node, port in ports.items():
+                r = await kc.get(f"https://127.0.0.1:{port}/metrics/resource")
+                assert r.status_code == 200, node
+                body = parse_body(r.text)
+                served = {
+                    (labels.split('namespace="')[1].split('"')[0],
+                     labels.split('pod="')[1].split('"')[0])
+                    for name, labels in body if name == "pod_memory_working_set_bytes"
+                }
+                assert served == set(cluster.pod_keys(node)), node
+                for ns, pod in served:
+                    for container, (_, memory) in cluster.truth_pod(ns, pod).items():
+                        labels = f'container="{container}",namespace="{ns}",pod="{pod}"'
+                        assert body[("container_memory_working_set_bytes", labels)][0] == memory
+                assert body[("node_memory_working_set_bytes", "")][0] == cluster.truth_node(node)[1]
+            bad = await kc.get(
+                f"https://127.0.0.1:{ports['node-1']}/metrics/resource",
+                headers={"Authorization": "Bearer wrong"},
+            )
+            assert bad.status_code == 401
+
+
+def test_kubelet_processes_need_a_port_base() -> None:
+    with pytest.raises(ValueError, match="kubelet_port_base"):
+        ClusterConfig(nodes=2, kubelet_processes=2)
+    with pytest.raises(ValueError, match="within 1024-65535"):
+        ClusterConfig(nodes=10, kubelet_processes=2, kubelet_port_base=65530)
