@@ -17,6 +17,7 @@ thousands of clients list and watch.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import ssl
 from collections.abc import Callable, Iterable
@@ -187,6 +188,8 @@ class FakeAPIServer:
     upstream: _Upstream | None = None
     listener: RestartableListener | None = None
     closing_clients: list[httpx.AsyncClient] = field(default_factory=list)
+    _key_cache: dict[str, tuple[int, list[tuple[str, str]]]] = field(default_factory=dict)
+    """resource → (resourceVersion, its keys sorted) for paging."""
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -333,6 +336,14 @@ class FakeAPIServer:
 
     # ---- resources --------------------------------------------------------------------------
 
+    def _sorted_keys(
+        self, resource: str, store: dict[tuple[str, str], Obj]
+    ) -> list[tuple[str, str]]:
+        cached = self._key_cache.get(resource)
+        if cached is None or cached[0] != self.world.rv:
+            cached = self._key_cache[resource] = (self.world.rv, sorted(store))
+        return cached[1]
+
     def _store(self, resource: str) -> dict[tuple[str, str], Obj]:
         world = self.world
         if resource == "nodes":
@@ -436,9 +447,14 @@ class FakeAPIServer:
             candidates: Iterable[tuple[tuple[str, str], Obj]] = (
                 [((namespace, pinned), one)] if one is not None else []
             )
-        else:
-            candidates = sorted(self._store(rdef.name).items(), key=lambda kv: kv[0])
         start_after = _decode_continue(request.query.get("continue", ""))
+        if pinned is None or not (namespace or not rdef.namespaced):
+            # Pages of a 150,000-pod list: each one starts where the last ended (bisect into
+            # keys sorted once per resourceVersion), not by sorting and skipping everything.
+            store = self._store(rdef.name)
+            keys = self._sorted_keys(rdef.name, store)
+            first = 0 if start_after is None else bisect.bisect_right(keys, start_after)
+            candidates = ((key, store[key]) for key in keys[first:])
         limit = int(request.query.get("limit") or 0)
         items: list[Obj] = []
         more = None

@@ -626,3 +626,30 @@ def test_kubelet_processes_need_a_port_base() -> None:
         ClusterConfig(nodes=2, kubelet_processes=2)
     with pytest.raises(ValueError, match="within 1024-65535"):
         ClusterConfig(nodes=10, kubelet_processes=2, kubelet_port_base=65530)
+
+
+async def test_paged_pod_list_is_the_whole_list_in_order() -> None:
+    """limit/continue: the pages, joined, are the unpaged list; a pod added between pages
+    after the cursor shows up, one before it does not come back twice."""
+    config = ClusterConfig(nodes=3, pods_per_node=7)
+    with trio.fail_after(DEADLINE):
+        async with cluster_and_client(config) as (cluster, api):
+            whole = [
+                (p["metadata"]["namespace"], p["metadata"]["name"])
+                for p in (await api.get("/api/v1/pods")).json()["items"]
+            ]
+            assert whole == sorted(whole) and len(whole) == 21
+            paged: list[tuple[str, str]] = []
+            cont = ""
+            while True:
+                params = {"limit": "4", **({"continue": cont} if cont else {})}
+                body = (await api.get("/api/v1/pods", params=params)).json()
+                paged += [(p["metadata"]["namespace"], p["metadata"]["name"])
+                          for p in body["items"]]
+                assert len(body["items"]) <= 4
+                cont = body["metadata"].get("continue", "")
+                if not cont:
+                    break
+                if len(paged) == 8:
+                    cluster.add_pod("zz-last", "late", "node-0")
+            assert paged == [*whole, ("zz-last", "late")]
