@@ -70,8 +70,16 @@ class NodeCache:
         for listener in self._listeners:
             listener(name, info)
 
+    @staticmethod
+    def compact(obj: dict[str, Any]) -> NodeInfo | None:
+        """What a listed object becomes, kept while the rest of the list arrives."""
+        return node_info(obj)
+
     def replace(self, objects: list[dict[str, Any]]) -> None:
-        fresh = {n.name: n for n in map(node_info, objects) if n is not None}
+        self.replace_compact([n for n in map(node_info, objects) if n is not None])
+
+    def replace_compact(self, infos: list[NodeInfo]) -> None:
+        fresh = {n.name: n for n in infos}
         for name in [n for n in self._nodes if n not in fresh]:
             del self._nodes[name]
             self._notify(name, None)
@@ -125,13 +133,19 @@ class PodCache:
         self._index: dict[tuple[str, str, str], set[str]] = {}
         self._count = 0
 
+    @staticmethod
+    def compact(obj: dict[str, Any]) -> PodInfo | None:
+        """What a listed object becomes, kept while the rest of the list arrives."""
+        return pod_info(obj)
+
     def replace(self, objects: list[dict[str, Any]]) -> None:
+        self.replace_compact([p for p in map(pod_info, objects) if p is not None])
+
+    def replace_compact(self, infos: list[PodInfo]) -> None:
         by_ns: dict[str, dict[str, PodInfo]] = {}
         index: dict[tuple[str, str, str], set[str]] = {}
         count = 0
-        for info in map(pod_info, objects):
-            if info is None:
-                continue
+        for info in infos:
             pods = by_ns.setdefault(info.namespace, {})
             old = pods.get(info.name)
             if old is not None:

@@ -39,9 +39,15 @@ PAGE_SIZE = 500
 
 
 class Sink(Protocol):
-    """What a watch feeds: a cache that understands Kubernetes objects."""
+    """What a watch feeds: a cache that understands Kubernetes objects.
 
-    def replace(self, objects: list[dict[str, Any]]) -> None: ...
+    A list arrives in pages; each object is turned into the cache's compact form as its page
+    arrives (`compact`, None to skip it), so a 150,000-pod list never holds 150,000 decoded
+    JSON objects, and the whole set is handed over at the end (`replace_compact`).
+    """
+
+    def compact(self, obj: dict[str, Any]) -> Any: ...
+    def replace_compact(self, items: list[Any]) -> None: ...
     def upsert(self, obj: dict[str, Any]) -> None: ...
     def delete(self, obj: dict[str, Any]) -> None: ...
 
@@ -137,7 +143,7 @@ async def run_watch(
 
 async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
     headers = {"Accept": METADATA_LIST_ACCEPT} if spec.metadata_only else {}
-    items: list[dict[str, Any]] = []
+    items: list[Any] = []
     cont = ""
     rv = ""
     with trio.move_on_after(LIST_TIMEOUT) as scope:
@@ -151,7 +157,9 @@ async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
             page = body.get("items") or []
             if not isinstance(page, list):
                 raise WatchError(f"list {spec.name}: items is not a list")
-            items.extend(page)
+            for obj in page:
+                if isinstance(obj, dict) and (item := sink.compact(obj)) is not None:
+                    items.append(item)
             meta = body.get("metadata") or {}
             rv = str(meta.get("resourceVersion", ""))
             cont = str(meta.get("continue") or "")
@@ -161,7 +169,7 @@ async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
         raise WatchError(f"list {spec.name}: no complete answer within {LIST_TIMEOUT:.0f}s")
     if not rv:
         raise WatchError(f"list {spec.name}: answer has no resourceVersion")
-    sink.replace(items)
+    sink.replace_compact(items)
     return rv
 
 
