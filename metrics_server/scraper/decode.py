@@ -136,7 +136,7 @@ def _decode_sections(text: str, default_timestamp: int) -> NodeMetricsBatch:
 
     containers, pod_keys = _split_blocks(cpu_blocks)
     # Values are never negative here (the number pattern has no leading sign).
-    points = map(MetricsPoint, start_values, cpu_times, cpu_values, mem_values)
+    points = zip(start_values, cpu_times, cpu_values, mem_values, strict=False)
     pods: dict[PodKey, dict[str, MetricsPoint]] = {}
     for key, container, point in zip(pod_keys, containers, points, strict=True):
         by_container = pods.get(key)
@@ -429,9 +429,7 @@ def _node_point(rec: _Record) -> MetricsPoint | None:
     start, timestamp, cpu, memory = rec
     if not timestamp or not cpu or not memory or timestamp < 0:
         return None
-    return MetricsPoint(
-        start_time=start or 0, timestamp=timestamp, cumulative_cpu=cpu, memory=memory
-    )
+    return (start or 0, timestamp, cpu, memory)
 
 
 def _clean_pods(
@@ -447,7 +445,7 @@ def _clean_pods(
         containers = pods.get(key)
         if containers is None:
             containers = pods[key] = {}
-        containers[container] = MetricsPoint(start or 0, timestamp, cpu, memory)
+        containers[container] = (start or 0, timestamp, cpu, memory)
     for key in incomplete:
         pods.pop(key, None)
     return pods

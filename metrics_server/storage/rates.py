@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from metrics_server.models import ContainerUsage, MetricsPoint, PodUsage, ResourceUsage
+from metrics_server.models import (
+    CUMULATIVE_CPU,
+    MEMORY,
+    START_TIME,
+    TIMESTAMP,
+    ContainerUsage,
+    MetricsPoint,
+    PodUsage,
+    ResourceUsage,
+)
 
 __all__ = [
     "FRESH_CONTAINER_MIN_NS",
@@ -34,9 +43,9 @@ def node_prev(
     """
     if old_last is None:
         return None
-    if new.timestamp > old_last.timestamp:
+    if new[TIMESTAMP] > old_last[TIMESTAMP]:
         return old_last
-    if old_prev is not None and old_prev.timestamp < new.timestamp:
+    if old_prev is not None and old_prev[TIMESTAMP] < new[TIMESTAMP]:
         return old_prev
     return None
 
@@ -54,15 +63,11 @@ def container_prev(
     A start time at or after the old `last` sample means the container restarted and its
     cumulative counter began again, so the old points are worthless.
     """
-    age = new.timestamp - new.start_time
-    if new.start_time < new.timestamp and FRESH_CONTAINER_MIN_NS <= age < resolution_ns:
-        return MetricsPoint(
-            start_time=new.start_time,
-            timestamp=new.start_time,
-            cumulative_cpu=0,
-            memory=new.memory,
-        )
-    if old_last is None or not new.start_time < old_last.timestamp:
+    age = new[TIMESTAMP] - new[START_TIME]
+    if new[START_TIME] < new[TIMESTAMP] and FRESH_CONTAINER_MIN_NS <= age < resolution_ns:
+        # Measured from the start: (start_time, timestamp = start_time, cpu 0, memory).
+        return (new[START_TIME], new[START_TIME], 0, new[MEMORY])
+    if old_last is None or not new[START_TIME] < old_last[TIMESTAMP]:
         return None
     return node_prev(new, old_last, old_prev)
 
@@ -73,15 +78,15 @@ def resource_usage(last: MetricsPoint, prev: MetricsPoint) -> tuple[ResourceUsag
     A start time or a cumulative CPU that went down means the counter was reset under us;
     upstream skips such a series rather than report a negative or bogus rate.
     """
-    if last.start_time < prev.start_time or last.cumulative_cpu < prev.cumulative_cpu:
+    if last[START_TIME] < prev[START_TIME] or last[CUMULATIVE_CPU] < prev[CUMULATIVE_CPU]:
         return None
-    window = last.timestamp - prev.timestamp
+    window = last[TIMESTAMP] - prev[TIMESTAMP]
     if window <= 0:
         # The prev rules above never allow this; refuse rather than divide by zero.
         return None
     # Exact integer arithmetic, truncating like upstream's conversion to uint64.
-    cpu = (last.cumulative_cpu - prev.cumulative_cpu) * NS_PER_SECOND // window
-    return ResourceUsage(cpu=cpu, memory=last.memory), window
+    cpu = (last[CUMULATIVE_CPU] - prev[CUMULATIVE_CPU]) * NS_PER_SECOND // window
+    return ResourceUsage(cpu=cpu, memory=last[MEMORY]), window
 
 
 def pod_usage(
@@ -104,8 +109,8 @@ def pod_usage(
         if computed is None:
             continue
         usage, container_window = computed
-        if not served or last.timestamp < timestamp:
-            timestamp = last.timestamp
+        if not served or last[TIMESTAMP] < timestamp:
+            timestamp = last[TIMESTAMP]
             window = container_window
         served.append(ContainerUsage(name=name, usage=usage))
     if not served:

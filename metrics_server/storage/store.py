@@ -8,20 +8,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from metrics_server.models import MetricsPoint, NodeMetricsBatch, NodeUsage, PodKey, PodUsage
+from metrics_server.models import (
+    TIMESTAMP,
+    MetricsPoint,
+    NodeMetricsBatch,
+    NodeUsage,
+    PodKey,
+    PodUsage,
+)
 from metrics_server.storage.rates import container_prev, node_prev, pod_usage, resource_usage
 
 __all__ = ["MetricsStore"]
 
 
-class _Series(NamedTuple):
-    """One container's points."""
-
-    name: str
-    last: MetricsPoint
-    prev: MetricsPoint | None
+_Series = tuple[str, MetricsPoint, MetricsPoint | None]
+"""One container's (name, last, prev); a plain tuple for the reason given at MetricsPoint."""
 
 
 class _Pod:
@@ -111,7 +113,7 @@ class MetricsStore:
                     computed = resource_usage(last, prev)
                     if computed is not None:
                         usage = NodeUsage(
-                            timestamp=last.timestamp, window=computed[1], usage=computed[0]
+                            timestamp=last[TIMESTAMP], window=computed[1], usage=computed[0]
                         )
 
             pods: dict[PodKey, _Pod] = {}
@@ -195,9 +197,9 @@ class MetricsStore:
         olds = before.series if before is not None else ()
         # The container set rarely changes, so pair by position and fall back to names.
         if len(olds) != len(names) or any(
-            o.name != n for o, n in zip(olds, names, strict=True)
+            o[0] != n for o, n in zip(olds, names, strict=True)
         ):
-            by_name = {o.name: o for o in olds}
+            by_name = {o[0]: o for o in olds}
             paired = [by_name.get(n) for n in names]
         else:
             paired = list(olds)
@@ -208,10 +210,10 @@ class MetricsStore:
             if stored is None:
                 prev = container_prev(point, None, None, resolution)
             else:
-                prev = container_prev(point, stored.last, stored.prev, resolution)
+                prev = container_prev(point, stored[1], stored[2], resolution)
             if prev is not None:
                 prevs += 1
-            series.append(_Series(cname, point, prev))
+            series.append((cname, point, prev))
         return _Pod(tuple(series), prevs)
 
     def _publish(self, name: str, state: _NodeState | None) -> None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics_server.models import MetricsPoint, NodeMetricsBatch, PodKey
+from metrics_server.models import CUMULATIVE_CPU, START_TIME, MetricsPoint, NodeMetricsBatch, PodKey
+from metrics_server.models import MEMORY as MEMORY_AT
 from metrics_server.scraper.decode import DecodeError, decode
 
 DEFAULT_TS = 1_700_000_000_000_000_000
@@ -172,7 +173,7 @@ def expected(model: Model) -> NodeMetricsBatch:
     node_cpu, node_memory = _scaled(model.node_cpu, 1e9), _scaled(model.node_memory, 1.0)
     node_ts = _timestamp(model.node_cpu)
     node = (
-        MetricsPoint(0, node_ts, node_cpu, node_memory)
+        (0, node_ts, node_cpu, node_memory)
         if node_ts and node_cpu and node_memory
         else None
     )
@@ -187,7 +188,7 @@ def expected(model: Model) -> NodeMetricsBatch:
             incomplete.add(key)
             continue
         start = _scaled(c.start, 1e9) or 0
-        pods.setdefault(key, {})[c.name] = MetricsPoint(start, ts, cpu, memory)
+        pods.setdefault(key, {})[c.name] = (start, ts, cpu, memory)
     for key in incomplete:
         pods.pop(key, None)
     return NodeMetricsBatch(node=node, pods=pods)
@@ -339,4 +340,4 @@ def test_damaged_expositions_raise_only_decode_error(body: bytes) -> None:
         for point in ([batch.node] if batch.node else []) + [
             p for containers in batch.pods.values() for p in containers.values()
         ]:
-            assert point.cumulative_cpu > 0 and point.memory > 0 and point.start_time >= 0
+            assert point[CUMULATIVE_CPU] > 0 and point[MEMORY_AT] > 0 and point[START_TIME] >= 0

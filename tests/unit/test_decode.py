@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics_server.models import MetricsPoint
+from metrics_server.models import (
+    CUMULATIVE_CPU,
+    MEMORY,
+    START_TIME,
+    TIMESTAMP,
+    MetricsPoint,
+    metrics_point,
+)
 from metrics_server.scraper.decode import DecodeError, decode
 
 DEFAULT_TS = 1_700_000_000_123_000_000
@@ -75,7 +82,7 @@ NODE_LINES = b"node_cpu_usage_seconds_total 10 1000\nnode_memory_working_set_byt
 
 def test_spec_sample() -> None:
     batch = decode(SPEC_SAMPLE, DEFAULT_TS)
-    assert batch.node == MetricsPoint(
+    assert batch.node == metrics_point(
         start_time=0,
         timestamp=1_633_253_809_720_000_000,
         cumulative_cpu=357_354_910_000,
@@ -83,7 +90,7 @@ def test_spec_sample() -> None:
     )
     assert batch.pods == {
         ("kube-system", "coredns-558bd4d5db-4dpjz"): {
-            "coredns": MetricsPoint(
+            "coredns": metrics_point(
                 start_time=1_633_252_712_000_000_000,
                 timestamp=1_633_253_812_125_000_000,
                 cumulative_cpu=4_710_169_000,
@@ -96,14 +103,14 @@ def test_spec_sample() -> None:
 def test_full_kubelet_output() -> None:
     batch = decode(KUBELET_BODY, DEFAULT_TS)
     assert batch.node is not None
-    assert batch.node.memory == 1_616_273_408
+    assert batch.node[MEMORY] == 1_616_273_408
     assert set(batch.pods) == {
         ("kube-system", "coredns-6d4b75cb6d-8vk2x"),
         ("kube-system", "etcd-kind-control-plane"),
         ("web", "shop-0"),
     }
     etcd = batch.pods["kube-system", "etcd-kind-control-plane"]["etcd"]
-    assert etcd == MetricsPoint(
+    assert etcd == metrics_point(
         start_time=1_633_252_655_000_000_000,
         timestamp=1_633_253_812_119_000_000,
         cumulative_cpu=12_102_041_000,
@@ -111,11 +118,11 @@ def test_full_kubelet_output() -> None:
     )
     shop = batch.pods["web", "shop-0"]
     assert set(shop) == {"sidecar", "shop"}
-    assert shop["shop"].start_time == 1_633_252_712_500_000_000
-    assert shop["shop"].cumulative_cpu == 3_500_000_000
+    assert shop["shop"][START_TIME] == 1_633_252_712_500_000_000
+    assert shop["shop"][CUMULATIVE_CPU] == 3_500_000_000
     # No start time series for the sidecar: unknown, but the pod is still complete.
-    assert shop["sidecar"].start_time == 0
-    assert shop["sidecar"].cumulative_cpu == 2_000_000_000
+    assert shop["sidecar"][START_TIME] == 0
+    assert shop["sidecar"][CUMULATIVE_CPU] == 2_000_000_000
 
 
 def test_missing_timestamps_use_the_default() -> None:
@@ -126,8 +133,8 @@ def test_missing_timestamps_use_the_default() -> None:
         b"node_memory_working_set_bytes 4\n"
     )
     batch = decode(body, DEFAULT_TS)
-    assert batch.node == MetricsPoint(0, DEFAULT_TS, 3_000_000_000, 4)
-    assert batch.pods == {("n", "p"): {"c": MetricsPoint(0, DEFAULT_TS, 1_000_000_000, 2)}}
+    assert batch.node == (0, DEFAULT_TS, 3_000_000_000, 4)
+    assert batch.pods == {("n", "p"): {"c": (0, DEFAULT_TS, 1_000_000_000, 2)}}
 
 
 def test_container_timestamp_is_the_cpu_samples() -> None:
@@ -135,7 +142,7 @@ def test_container_timestamp_is_the_cpu_samples() -> None:
         b'container_cpu_usage_seconds_total{container="c",namespace="n",pod="p"} 1 5000\n'
         b'container_memory_working_set_bytes{container="c",namespace="n",pod="p"} 2 6000\n'
     )
-    assert decode(body, DEFAULT_TS).pods["n", "p"]["c"].timestamp == 5_000_000_000
+    assert decode(body, DEFAULT_TS).pods["n", "p"]["c"][TIMESTAMP] == 5_000_000_000
 
 
 def test_escaped_label_values() -> None:
@@ -158,7 +165,7 @@ def test_label_order_extra_labels_and_blanks_do_not_matter() -> None:
     )
     batch = decode(body, DEFAULT_TS)
     assert batch.pods == {
-        ("n", "p"): {"c": MetricsPoint(7_000_000_000, 1_000_000_000, 1_000_000_000, 2)}
+        ("n", "p"): {"c": (7_000_000_000, 1_000_000_000, 1_000_000_000, 2)}
     }
 
 
@@ -421,7 +428,7 @@ def test_generated_kubelet_output_matches_a_reference_model(
         if cpu_ns == 0 or memory == 0:
             dropped.add((ns, pod))
         else:
-            expected.setdefault((ns, pod), {})[container] = MetricsPoint(
+            expected.setdefault((ns, pod), {})[container] = (
                 0, ms * 1_000_000, cpu_ns, memory
             )
     for key in dropped:

@@ -11,6 +11,7 @@ from metrics_server.models import (
     NodeUsage,
     PodUsage,
     ResourceUsage,
+    metrics_point,
 )
 from metrics_server.storage.store import MetricsStore
 
@@ -21,7 +22,7 @@ POD = ("ns", "p")
 
 def pt(ts: float, cpu: float, mem: int = 100, start: float = 0) -> MetricsPoint:
     """A point at `ts` seconds with `cpu` core-seconds used since `start` seconds."""
-    return MetricsPoint(
+    return metrics_point(
         start_time=int(start * S), timestamp=int(ts * S), cumulative_cpu=int(cpu * S), memory=mem
     )
 
@@ -94,8 +95,8 @@ def test_node_point_not_later_drops_prev_that_is_not_older() -> None:
 
 def test_cpu_rate_truncates() -> None:
     store = MetricsStore(RES)
-    store.store_node("n1", node_batch(MetricsPoint(0, 10 * S, 1000, 1)))
-    store.store_node("n1", node_batch(MetricsPoint(0, 13 * S, 1010, 1)))
+    store.store_node("n1", node_batch((0, 10 * S, 1000, 1)))
+    store.store_node("n1", node_batch((0, 13 * S, 1010, 1)))
     # 10 ns of CPU over 3 s = 3.33 nanocores, truncated to 3.
     usage = store.node_usage("n1")
     assert usage is not None
