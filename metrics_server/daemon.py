@@ -11,6 +11,7 @@ Nothing else knows every part.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -472,6 +473,8 @@ async def run(
                 _watch, client, spec, sink, stats, daemon, selfmetrics, name=f"watch:{spec.name}"
             )
         root.start_soon(_startup_report, daemon, name="startup-report")
+        if handle_signals:  # we own the process (not a test running us in its own)
+            root.start_soon(_settle_heap, daemon, name="settle-heap")
         task_status.started(daemon)
         await daemon.stop.wait()
         daemon.shutting_down = True
@@ -533,6 +536,22 @@ async def _startup_report(daemon: Daemon) -> None:
     daemon.startup_report = text
     log_kv(log, logging.INFO, text, fix=fixes)
     daemon.reported.set()
+
+
+async def _settle_heap(daemon: Daemon) -> None:
+    """Once the caches are listed and every node scraped once, take what start-up built
+    (imports, one client and task per node, the pod cache) out of the cyclic GC's sight.
+
+    Otherwise each full collection walks all of it: at 5,000 nodes about 2 million objects,
+    a 1.3 s pause every few seconds, long enough to time out thousands of scrapes at once.
+    Frozen objects are still freed by reference counting; only cycles among them are never
+    collected, a one-off bounded by what was alive at this moment.
+    """
+    await daemon.reported.wait()
+    await daemon.pod_watch.synced_event.wait()
+    gc.collect()
+    gc.freeze()
+    log_kv(log, logging.INFO, "Start-up heap frozen for the GC", objects=gc.get_freeze_count())
 
 
 async def _signals(

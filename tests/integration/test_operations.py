@@ -539,6 +539,10 @@ async def test_json_log_lines(tmp_path: Path) -> None:
             async with client_for(cluster, port, cluster.admin_token) as client:
                 assert (await client.get(f"{PREFIX}/nodes")).status_code == 200
             await server.wait_line(r'"msg":"HTTP"')
+            # Run as its own process, the daemon freezes its start-up heap once settled.
+            await server.wait_line("Start-up heap frozen")
+            async with client_for(cluster, port, cluster.admin_token) as client:
+                assert (await client.get(f"{PREFIX}/nodes")).status_code == 200
             server.process.send_signal(signal.SIGTERM)
             assert await server.process.wait() == 0
     entries = [json.loads(line) for line in server.lines if line]
@@ -556,6 +560,9 @@ async def test_json_log_lines(tmp_path: Path) -> None:
     assert (request["verb"], request["resp"], request["v"]) == ("GET", 200, 3)
     report = next(e for e in entries if e["msg"].startswith("first scrape:"))
     assert report["msg"] == "first scrape: scraped 1/2 nodes; 1 failed: 1× HTTP 403 (node-1)"
+    frozen = next(e for e in entries if e["msg"] == "Start-up heap frozen for the GC")
+    assert entries.index(frozen) > entries.index(report)
+    assert int(frozen["objects"]) > 10_000  # imports alone are tens of thousands
     assert "system:metrics-server" in report["fix"] and report["v"] == 0
 
 
