@@ -8,6 +8,7 @@ SIGTERM and killed after a grace period however the runner ends.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
 import re
@@ -358,6 +359,9 @@ async def run(options: Options) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, nursery.cancel_scope)
         cluster: Cluster = await nursery.start(run_cluster, options.config)
+        # The world is built and lives as long as this process: keep the cyclic GC from
+        # walking its millions of objects over and over (1 s pauses at 5,000 nodes).
+        gc.freeze()
         if options.kubeconfig_out is not None:
             shutil.copyfile(cluster.kubeconfig_path, options.kubeconfig_out)
         kubeconfig = options.kubeconfig_out or cluster.kubeconfig_path

@@ -16,6 +16,7 @@ Faults can only be set on kubelets of the main process.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -118,6 +119,7 @@ async def serve_shard(spec: ShardSpec, shard: int, pki: PKI) -> None:
         )
         for i in range(shard, spec.nodes, spec.processes):
             populate_node(world, f"node-{i}", None, spec.pods_per_node, initial=True)
+        gc.freeze()  # the world is built; see run_cluster
         sys.stdout.buffer.write(READY_LINE)
         sys.stdout.buffer.flush()
         # The simulator holds our stdin open: end of file means it is gone, however it ended.
