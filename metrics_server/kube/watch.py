@@ -33,6 +33,7 @@ METADATA_WATCH_ACCEPT = (
 BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 16, 30)
 """Reconnect delays; the last repeats. Each gets ±25 % jitter so replicas don't align."""
 LIST_TIMEOUT = 60.0
+"""Per list page request (kube-apiserver's own default --request-timeout)."""
 WATCH_INACTIVITY_TIMEOUT = 90.0
 """No byte (not even a bookmark) for this long means the stream is dead."""
 PAGE_SIZE = 500
@@ -146,27 +147,33 @@ async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
     items: list[Any] = []
     cont = ""
     rv = ""
-    with trio.move_on_after(LIST_TIMEOUT) as scope:
-        while True:
-            params = dict(spec.params, limit=str(PAGE_SIZE))
-            if cont:
-                params["continue"] = cont
+    pages = 0
+    while True:
+        params = dict(spec.params, limit=str(PAGE_SIZE))
+        if cont:
+            params["continue"] = cont
+        # Per page, like client-go's per-request timeout: a 150,000-pod list is 300 pages
+        # and may take longer than any one request should.
+        with trio.move_on_after(LIST_TIMEOUT) as scope:
             body = await _get_json(client, spec, params, headers)
-            if body.get("kind") == "Status":
-                raise WatchError(f"list {spec.name}: {body.get('message', 'error status')}")
-            page = body.get("items") or []
-            if not isinstance(page, list):
-                raise WatchError(f"list {spec.name}: items is not a list")
-            for obj in page:
-                if isinstance(obj, dict) and (item := sink.compact(obj)) is not None:
-                    items.append(item)
-            meta = body.get("metadata") or {}
-            rv = str(meta.get("resourceVersion", ""))
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                break
-    if scope.cancelled_caught:
-        raise WatchError(f"list {spec.name}: no complete answer within {LIST_TIMEOUT:.0f}s")
+        if scope.cancelled_caught:
+            raise WatchError(
+                f"list {spec.name}: no answer to page {pages + 1} within {LIST_TIMEOUT:.0f}s"
+            )
+        pages += 1
+        if body.get("kind") == "Status":
+            raise WatchError(f"list {spec.name}: {body.get('message', 'error status')}")
+        page = body.get("items") or []
+        if not isinstance(page, list):
+            raise WatchError(f"list {spec.name}: items is not a list")
+        for obj in page:
+            if isinstance(obj, dict) and (item := sink.compact(obj)) is not None:
+                items.append(item)
+        meta = body.get("metadata") or {}
+        rv = str(meta.get("resourceVersion", ""))
+        cont = str(meta.get("continue") or "")
+        if not cont:
+            break
     if not rv:
         raise WatchError(f"list {spec.name}: answer has no resourceVersion")
     sink.replace_compact(items)

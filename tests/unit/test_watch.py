@@ -146,3 +146,44 @@ async def test_cache_survives_when_apiserver_fails(autojump_clock: trio.abc.Cloc
     assert "connection refused" in stats.last_error
     # Backoff grows: 5 retries take at least 0.375+0.75+1.5+3+6 s (lower jitter bound).
     assert elapsed >= 11
+
+
+async def test_list_timeout_is_per_page(autojump_clock: trio.abc.Clock) -> None:
+    """Three pages of 45 s each (135 s in all) make a complete list, as with client-go's
+    per-request timeout; a page that takes longer than 60 s fails, naming the page."""
+    slow_page = 2  # 0 = never too slow
+    pages_served = 0
+    listed = trio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages_served
+        params = request.url.params
+        if params.get("watch") == "1":
+            listed.set()
+            await trio.sleep_forever()
+        assert params["limit"] == "500"
+        page = int(params.get("continue") or 0)
+        await trio.sleep(61 if page + 1 == slow_page else 45)
+        pages_served += 1
+        meta = {"resourceVersion": "7", **({"continue": str(page + 1)} if page < 2 else {})}
+        return httpx.Response(200, json={"metadata": meta, "items": [pod(f"p{page}", 1)]})
+
+    spec = WatchSpec("pods", "/api/v1/pods", {}, True)
+    cache, stats = PodCache(), WatchStats()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="https://api") as c,
+        trio.open_nursery() as nursery,
+    ):
+        failed = trio.Event()
+        nursery.start_soon(
+            lambda: run_watch(c, spec, cache, stats, on_restart=lambda _: failed.set())
+        )
+        with trio.fail_after(1000):
+            await failed.wait()
+        assert stats.last_error == "list pods: no answer to page 2 within 60s"
+        assert len(cache) == 0 and not stats.synced
+        slow_page = 0
+        with trio.fail_after(1000):
+            await listed.wait()
+        nursery.cancel_scope.cancel()
+    assert sorted(p.name for p in cache.all_sorted()) == ["p0", "p1", "p2"]
