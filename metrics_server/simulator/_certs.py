@@ -78,14 +78,19 @@ class PKI:
             self.cluster_ca.issue_cert(*LOCAL_IDENTITIES, common_name="metrics-server"),
         )
         self.metrics_server_cert_file, self.metrics_server_key_file = metrics.cert, metrics.key
+        # Client certificates carry their CN as a DNS SAN too: trustme always writes a SAN
+        # extension, and cryptography >= 51 refuses an empty one.
         front = self._pair(
-            "front-proxy-client", self.front_proxy_ca.issue_cert(common_name="front-proxy-client")
+            "front-proxy-client",
+            self.front_proxy_ca.issue_cert("front-proxy-client", common_name="front-proxy-client"),
         )
         self.front_proxy_client_cert_file, self.front_proxy_client_key_file = front.cert, front.key
         admin = self._pair(
             "admin",
             self.client_ca.issue_cert(
-                common_name="kubernetes-admin", organization_name="system:masters"
+                "kubernetes-admin",
+                common_name="kubernetes-admin",
+                organization_name="system:masters",
             ),
         )
         self.admin_client_cert_file, self.admin_client_key_file = admin.cert, admin.key
