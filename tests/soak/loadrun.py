@@ -164,6 +164,26 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  error: {sample}")
 
 
+def failures(report: dict[str, Any], *, min_rate_fraction: float = 0.95) -> list[str]:
+    """Why this run does not count as passed (empty: it passed)."""
+    srv = report["server"]
+    why = []
+    if report["errors"]:
+        why.append(f"{report['errors']} API errors")
+    if report["achieved_rate"] < min_rate_fraction * report["rate_target"]:
+        why.append(
+            f"achieved {report['achieved_rate']}/s, under {min_rate_fraction:.0%} of the "
+            f"{report['rate_target']:g}/s asked for"
+        )
+    if srv["scrapes_ok_during_load"] <= 0:
+        why.append("no kubelet scrape succeeded during the load")
+    if srv["scrapes_failed_during_load"] > 0:
+        why.append(f"{srv['scrapes_failed_during_load']:g} kubelet scrapes failed during the load")
+    if srv["log_problems"]:
+        why.append(f"server log problems: {srv['log_problems']}")
+    return why
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rate", type=float, default=500.0)
@@ -188,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"written to {args.out}")
-    return 0 if report["errors"] == 0 and not report["server"]["log_problems"] else 1
+    why = failures(report)
+    for reason in why:
+        print(f"FAILED: {reason}")
+    return 1 if why else 0
 
 
 if __name__ == "__main__":
