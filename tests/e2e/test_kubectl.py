@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -102,44 +103,111 @@ async def test_top_pod_containers(kubectl: Path, served: tuple[Cluster, Daemon])
         assert row["MEMORY(bytes)"] == mebibytes(memory)
 
 
+def selective_label(cluster: Cluster) -> tuple[str, str, str]:
+    """(namespace, key, value) of a pod label, from the simulator's world, that picks more than
+    one but not every Running pod of its namespace, so the selector visibly filters."""
+    running = [p for p in cluster.world.pods.values() if p.phase == "Running"]
+    best: tuple[int, str, str, str] | None = None
+    for pod in running:
+        in_ns = [p for p in running if p.namespace == pod.namespace]
+        for key, value in pod.labels.items():
+            count = sum(p.labels.get(key) == value for p in in_ns)
+            if 1 < count < len(in_ns) and (best is None or count > best[0]):
+                best = (count, pod.namespace, key, value)
+    assert best is not None, "the seed gives no label shared by some but not all pods of a ns"
+    return best[1], best[2], best[3]
+
+
 async def test_top_pods_label_selector(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
-    cluster, d = served
-    ns, name = cluster.pod_keys("node-2")[0]
-    info = d.pods.get(ns, name)
-    assert info is not None and info.labels
-    key, value = sorted(info.labels.items())[0]
+    cluster, _ = served
+    ns, key, value = selective_label(cluster)
     rows = table(
         await run_kubectl(kubectl, cluster, "top", "pods", "-n", ns, "-l", f"{key}={value}")
     )
-    want = {p.name for p in d.pods.in_namespace(ns) if p.labels.get(key) == value}
+    # The expected set comes from the simulator's world, not from the daemon's cache.
+    want = {
+        p.name
+        for p in cluster.world.pods.values()
+        if p.namespace == ns and p.phase == "Running" and p.labels.get(key) == value
+    }
     assert {r["NAME"] for r in rows} == want
-    assert name in want
+    assert len(rows) == len(want)
+    for row in rows:
+        truth = cluster.truth_pod(ns, row["NAME"])
+        cpu = sum(c for c, _ in truth.values())
+        memory = sum(m for _, m in truth.values())
+        assert millicores_match(row["CPU(cores)"], cpu), (row, cpu)
+        assert row["MEMORY(bytes)"] == mebibytes(memory)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/apis/metrics.k8s.io/v1beta1",
-        "/apis/metrics.k8s.io/v1beta1/nodes",
-        "/apis/metrics.k8s.io/v1beta1/nodes/node-0",
-        "/apis/metrics.k8s.io/v1beta1/pods",
-        "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
-    ],
-)
-async def test_get_raw(kubectl: Path, served: tuple[Cluster, Daemon], path: str) -> None:
+async def test_get_raw_discovery_and_node(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
     cluster, _ = served
-    path = path.format(ns=cluster.pod_keys("node-0")[0][0])
+    disc = orjson.loads(
+        await run_kubectl(kubectl, cluster, "get", "--raw", "/apis/metrics.k8s.io/v1beta1")
+    )
+    assert disc["kind"] == "APIResourceList"
+    assert sorted(r["name"] for r in disc["resources"]) == ["nodes", "pods"]
+    body = orjson.loads(
+        await run_kubectl(
+            kubectl, cluster, "get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes/node-0"
+        )
+    )
+    assert body["kind"] == "NodeMetrics"
+    assert body["metadata"]["name"] == "node-0"
+    cpu, memory = cluster.truth_node("node-0")
+    assert parse_cpu(body["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
+    assert parse_memory(body["usage"]["memory"]) == memory
+    assert not math.isnan(float(body["window"].rstrip("s")))
+
+
+def assert_pod_items_match_truth(cluster: Cluster, items: list[dict[str, Any]]) -> None:
+    for item in items:
+        meta = item["metadata"]
+        truth = cluster.truth_pod(meta["namespace"], meta["name"])
+        got = {c["name"]: c["usage"] for c in item["containers"]}
+        assert sorted(got) == sorted(truth), meta
+        for container, (cpu, memory) in truth.items():
+            usage = got[container]
+            assert parse_cpu(usage["cpu"]) == pytest.approx(cpu, rel=0.02), (meta, container)
+            assert parse_memory(usage["memory"]) == memory, (meta, container)
+
+
+async def test_get_raw_node_list(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    body = orjson.loads(
+        await run_kubectl(kubectl, cluster, "get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes")
+    )
+    assert body["kind"] == "NodeMetricsList"
+    names = [i["metadata"]["name"] for i in body["items"]]
+    assert names == cluster.node_names()  # every node, once, sorted by name
+    for item in body["items"]:
+        cpu, memory = cluster.truth_node(item["metadata"]["name"])
+        assert parse_cpu(item["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02), item
+        assert parse_memory(item["usage"]["memory"]) == memory, item
+
+
+async def test_get_raw_pod_list(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    body = orjson.loads(
+        await run_kubectl(kubectl, cluster, "get", "--raw", "/apis/metrics.k8s.io/v1beta1/pods")
+    )
+    assert body["kind"] == "PodMetricsList"
+    keys = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in body["items"]]
+    assert keys == cluster.pod_keys()  # every pod of the world, once, sorted
+    assert_pod_items_match_truth(cluster, body["items"])
+
+
+async def test_get_raw_namespaced_pod_list(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
+    cluster, _ = served
+    ns = cluster.pod_keys("node-0")[0][0]
+    path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods"
     body = orjson.loads(await run_kubectl(kubectl, cluster, "get", "--raw", path))
-    if path.endswith("v1beta1"):
-        assert body["kind"] == "APIResourceList"
-    elif path.endswith("node-0"):
-        assert body["kind"] == "NodeMetrics"
-        cpu, memory = cluster.truth_node("node-0")
-        assert parse_cpu(body["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
-        assert parse_memory(body["usage"]["memory"]) == memory
-        assert not math.isnan(float(body["window"].rstrip("s")))
-    else:
-        assert body["kind"].endswith("MetricsList") and body["items"]
+    assert body["kind"] == "PodMetricsList"
+    keys = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in body["items"]]
+    want = [key for key in cluster.pod_keys() if key[0] == ns]
+    assert keys == want
+    assert len(want) < len(cluster.pod_keys())  # the namespace really narrows the list
+    assert_pod_items_match_truth(cluster, body["items"])
 
 
 async def test_get_raw_pod(kubectl: Path, served: tuple[Cluster, Daemon]) -> None:
