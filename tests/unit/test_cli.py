@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import re
 import subprocess
 import sys
 
 import pytest
+import trio
 
+import metrics_server
 from metrics_server.cli import SECOND, FlagError, parse_options
 
 
@@ -31,6 +36,9 @@ def test_defaults_match_upstream_binary() -> None:
     assert o.auth.token_webhook_cache_ttl == 10 * SECOND
     assert o.logging_format == "text"
     assert o.verbosity == 0
+    # k8s.io/apiserver's ShutdownTimeout (its --request-timeout, 1m0s); see README "Shutdown".
+    assert o.serving.shutdown_grace == 60 * SECOND
+    assert o.serving.shutdown_delay == 0
 
 
 def test_manifest_args_parse() -> None:
@@ -129,13 +137,25 @@ def test_bad_flag_is_one_line_without_traceback(argv: list[str], needle: str) ->
     assert "Traceback" not in result.stderr
 
 
+VERSION_LINE = re.compile(
+    r"metrics-server (?P<ours>\d+\.\d+\.\d+\S*) "
+    r"\(python (?P<python>\d+\.\d+\.\d+\S*), "
+    r"trio (?P<trio>\d+\.\d+\S*), "
+    r"hypercorn (?P<hypercorn>\d+\.\d+\S*)\)"
+)
+
+
 def test_version_names_runtimes() -> None:
     result = _run("--version")
     assert result.returncode == 0
-    out = result.stdout
-    assert out.startswith("metrics-server ")
-    for part in ("python", "trio", "hypercorn"):
-        assert part in out
+    assert result.stderr == ""
+    match = VERSION_LINE.fullmatch(result.stdout.rstrip("\n"))
+    assert match is not None, result.stdout
+    # Each version is the one actually running, not just something version-shaped.
+    assert match["ours"] == metrics_server.__version__
+    assert match["python"] == platform.python_version()
+    assert match["trio"] == trio.__version__
+    assert match["hypercorn"] == importlib.metadata.version("hypercorn")
 
 
 def test_help_lists_upstream_flags() -> None:
