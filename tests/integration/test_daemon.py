@@ -6,12 +6,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from metrics_server.daemon import Daemon
 from metrics_server.simulator import ClusterConfig, Hang, HttpStatus, open_cluster
+from metrics_server.simulator._apiserver import FakeAPIServer
 from metrics_server.simulator._cluster import Cluster
+from metrics_server.simulator._http import Request, Responder
 from tests.harness import (
     apiserver_client,
     direct_client,
@@ -204,3 +207,61 @@ async def test_readyz_before_and_after(cluster: Cluster, tmp_path: Path) -> None
             await d.ready.wait()
         r = await client.get("/readyz")
         assert r.status_code == 200 and r.text == "ok"
+
+
+async def test_node_selector_follows_relabelling(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `-l pool=a` only matching nodes get a scrape task and are served; relabelling
+    moves a node in and another out, and the node list/watch carry the selector server-side."""
+    node_requests: list[dict[str, str]] = []
+    handle = FakeAPIServer.handle
+
+    async def recording(self: FakeAPIServer, request: Request, respond: Responder) -> None:
+        if request.path.rstrip("/") == "/api/v1/nodes":
+            node_requests.append(dict(request.query))
+        await handle(self, request, respond)
+
+    monkeypatch.setattr(FakeAPIServer, "handle", recording)
+
+    def relabel(node: str, pool: str | None) -> None:
+        labels = {k: v for k, v in cluster.world.nodes[node].labels.items() if k != "pool"}
+        cluster.set_node_labels(node, {**labels, **({"pool": pool} if pool else {})})
+
+    relabel("node-0", "a")
+    relabel("node-1", "b")  # node-2 has no pool label at all
+
+    async def served_nodes(client: httpx.AsyncClient) -> list[str]:
+        r = await client.get(f"{PREFIX}/nodes")
+        assert r.status_code == 200, r.text
+        return [i["metadata"]["name"] for i in r.json()["items"]]
+
+    async with running_daemon(cluster, tmp_path, ["-l", "pool=a"]) as d:
+        await wait_until(d, lambda: d.store.node_usage("node-0") is not None)
+        assert set(d.manager.nodes) == {"node-0"}
+        assert [n.name for n in d.nodes.sorted()] == ["node-0"]  # filtered upstream
+        async with direct_client(cluster, d) as client:
+            assert await served_nodes(client) == ["node-0"]
+            assert (await client.get(f"{PREFIX}/nodes/node-1")).status_code == 404
+
+            leaving = d.manager.nodes["node-0"]
+            relabel("node-1", "a")  # starts matching
+            relabel("node-0", "b")  # stops matching
+            with trio.fail_after(10):
+                await leaving.done.wait()  # its task really ended
+            await wait_until(d, lambda: d.store.node_usage("node-1") is not None)
+            assert set(d.manager.nodes) == {"node-1"}
+            assert d.store.node_usage("node-0") is None
+            assert await served_nodes(client) == ["node-1"]
+            gone = await client.get(f"{PREFIX}/nodes/node-0")
+            assert gone.status_code == 404 and gone.json()["reason"] == "NotFound"
+            cpu, memory = cluster.truth_node("node-1")
+            one = (await client.get(f"{PREFIX}/nodes/node-1")).json()
+            assert parse_cpu(one["usage"]["cpu"]) == pytest.approx(cpu, rel=0.02)
+            assert parse_memory(one["usage"]["memory"]) == memory
+
+    # The apiserver did the filtering: both the list and the watch asked for it.
+    assert node_requests
+    assert all(q.get("labelSelector") == "pool=a" for q in node_requests), node_requests
+    assert any(q.get("watch") in ("1", "true") for q in node_requests), node_requests
+    assert any("watch" not in q for q in node_requests), node_requests
