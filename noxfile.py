@@ -1,5 +1,5 @@
 """Developer tasks: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s soak`,
-`nox -s load`."""
+`nox -s load`, `nox -s bench-api`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def bench_smoke(session: nox.Session) -> None:
         "--sizes", "0x0,200x30", "--warmup", "10", "--window", "20", "--qps", "50",
         "--check", "docs/bench-results.json", *session.posargs,
     )
+
+
+@nox.session(name="bench-api", python=PYTHON)
+def bench_api(session: nox.Session) -> None:
+    """API latency with wrk (needs the `wrk` binary): ~200 HPA-style queries/s with bearer
+    tokens at 100 x 70, upstream's 10 s review caches against 1 h ones, fresh server each."""
+    session.install("-e", ".[test]", *PINNED)
+    session.run("python", "-m", "tests.bench.api_wrk", *session.posargs)
 
 
 @nox.session(python=PYTHON)
