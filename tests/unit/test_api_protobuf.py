@@ -1,6 +1,7 @@
-"""Protobuf answers decoded by an independent decoder (Google's `protobuf` package) with message
-definitions written here from Kubernetes' generated.proto field numbers, and compared number
-by number with the JSON answer to the same request.
+"""Protobuf answers decoded by an independent decoder (Google's `protobuf` package) with the
+message definitions transcribed from upstream's generated.proto files in
+`test_api_protobuf_upstream`, and compared number by number with the JSON answer to the same
+request.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from metrics_server.api import protobuf
@@ -29,134 +29,11 @@ from tests.unit.test_api_metrics import (
     make_api,
     pin_clock,
 )
+from tests.unit.test_api_protobuf_upstream import CLASSES, META, decode
 
-__all__ = ["pin_clock"]  # the autouse fixture, re-exported so that pytest applies it here
-
-_F = descriptor_pb2.FieldDescriptorProto
-_STRING, _BYTES, _INT64, _INT32, _MSG = (
-    _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT64, _F.TYPE_INT32, _F.TYPE_MESSAGE
-)
-_OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-
-# message name → [(field, number, type, repeated, message type, map value type)]
-_MESSAGES: dict[str, list[tuple[str, int, int, bool, str]]] = {
-    "TypeMeta": [("apiVersion", 1, _STRING, False, ""), ("kind", 2, _STRING, False, "")],
-    "Unknown": [
-        ("typeMeta", 1, _MSG, False, "TypeMeta"),
-        ("raw", 2, _BYTES, False, ""),
-        ("contentEncoding", 3, _STRING, False, ""),
-        ("contentType", 4, _STRING, False, ""),
-    ],
-    "Time": [("seconds", 1, _INT64, False, ""), ("nanos", 2, _INT32, False, "")],
-    "Duration": [("duration", 1, _INT64, False, "")],
-    "Quantity": [("string", 1, _STRING, False, "")],
-    "ObjectMeta": [
-        ("name", 1, _STRING, False, ""),
-        ("generateName", 2, _STRING, False, ""),
-        ("namespace", 3, _STRING, False, ""),
-        ("uid", 5, _STRING, False, ""),
-        ("resourceVersion", 6, _STRING, False, ""),
-        ("creationTimestamp", 8, _MSG, False, "Time"),
-        ("labels", 11, _MSG, True, "map:string"),
-        ("annotations", 12, _MSG, True, "map:string"),
-    ],
-    "ListMeta": [
-        ("selfLink", 1, _STRING, False, ""),
-        ("resourceVersion", 2, _STRING, False, ""),
-        ("continue", 3, _STRING, False, ""),
-    ],
-    "ContainerMetrics": [
-        ("name", 1, _STRING, False, ""),
-        ("usage", 2, _MSG, True, "map:Quantity"),
-    ],
-    "NodeMetrics": [
-        ("metadata", 1, _MSG, False, "ObjectMeta"),
-        ("timestamp", 2, _MSG, False, "Time"),
-        ("window", 3, _MSG, False, "Duration"),
-        ("usage", 4, _MSG, True, "map:Quantity"),
-    ],
-    "PodMetrics": [
-        ("metadata", 1, _MSG, False, "ObjectMeta"),
-        ("timestamp", 2, _MSG, False, "Time"),
-        ("window", 3, _MSG, False, "Duration"),
-        ("containers", 4, _MSG, True, "ContainerMetrics"),
-    ],
-    "NodeMetricsList": [
-        ("metadata", 1, _MSG, False, "ListMeta"),
-        ("items", 2, _MSG, True, "NodeMetrics"),
-    ],
-    "PodMetricsList": [
-        ("metadata", 1, _MSG, False, "ListMeta"),
-        ("items", 2, _MSG, True, "PodMetrics"),
-    ],
-    "PartialObjectMetadata": [("metadata", 1, _MSG, False, "ObjectMeta")],
-    "PartialObjectMetadataList": [
-        ("metadata", 1, _MSG, False, "ListMeta"),
-        ("items", 2, _MSG, True, "PartialObjectMetadata"),
-    ],
-    "StatusDetails": [
-        ("name", 1, _STRING, False, ""),
-        ("group", 2, _STRING, False, ""),
-        ("kind", 3, _STRING, False, ""),
-        ("retryAfterSeconds", 5, _INT32, False, ""),
-        ("uid", 6, _STRING, False, ""),
-    ],
-    "Status": [
-        ("metadata", 1, _MSG, False, "ListMeta"),
-        ("status", 2, _STRING, False, ""),
-        ("message", 3, _STRING, False, ""),
-        ("reason", 4, _STRING, False, ""),
-        ("details", 5, _MSG, False, "StatusDetails"),
-        ("code", 6, _INT32, False, ""),
-    ],
-}
-_PACKAGE = "test.k8s"
-
-
-def _build() -> dict[str, Any]:
-    """One proto2 file with every message; maps as repeated nested *Entry messages."""
-    file = descriptor_pb2.FileDescriptorProto(name="test_k8s.proto", package=_PACKAGE)
-    file.syntax = "proto2"
-    for name, fields in _MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field, number, type_, repeated, type_name in fields:
-            f = message.field.add(name=field, number=number, type=type_)
-            f.label = _REP if repeated else _OPT
-            if type_name.startswith("map:"):
-                entry_name = field[0].upper() + field[1:] + "Entry"
-                entry = message.nested_type.add(name=entry_name)
-                entry.options.map_entry = True
-                entry.field.add(name="key", number=1, type=_STRING, label=_OPT)
-                value_type = type_name[4:]
-                value = entry.field.add(name="value", number=2, label=_OPT)
-                if value_type == "string":
-                    value.type = _STRING
-                else:
-                    value.type = _MSG
-                    value.type_name = f".{_PACKAGE}.{value_type}"
-                f.type_name = f".{_PACKAGE}.{name}.{entry_name}"
-            elif type_name:
-                f.type_name = f".{_PACKAGE}.{type_name}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _MESSAGES
-    }
-
-
-MESSAGES = _build()
-
-
-def decode(body: bytes) -> tuple[str, str, Message]:
-    """(apiVersion, kind, object) of a Kubernetes protobuf body."""
-    assert body[:4] == b"k8s\x00"
-    unknown = MESSAGES["Unknown"]()
-    unknown.ParseFromString(body[4:])
-    kind = unknown.typeMeta.kind
-    obj = MESSAGES[kind]()
-    obj.ParseFromString(unknown.raw)
-    return unknown.typeMeta.apiVersion, kind, obj
+# pin_clock: the autouse fixture, re-exported so that pytest applies it here; decode: for the
+# integration tests, which import it from here.
+__all__ = ["decode", "pin_clock"]
 
 
 def rfc3339_seconds(text: str) -> int:
@@ -262,7 +139,7 @@ def test_status_matches_json() -> None:
 )
 def test_varints_decode_as_int64(value: int) -> None:
     raw = b"\x08" + protobuf.varint(value)
-    message = MESSAGES["Duration"]()
+    message = CLASSES[f"{META}.Duration"]()
     message.ParseFromString(raw)
     assert message.duration == value
 
