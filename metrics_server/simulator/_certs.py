@@ -4,6 +4,10 @@ Four CAs as in a kubeadm cluster (cluster, kubelet, front-proxy, client) plus a 
 CA used to fake a kubelet whose certificate nobody trusts. Everything is generated with
 trustme in memory and the files a client needs are written under `<workdir>/pki`.
 
+A kubelet told to authenticate clients by certificate (`FakeKubelet.set_client_auth`) asks for
+one in the handshake and verifies it against the client CA; `kubelet_client_files()` issues
+the metrics server a certificate for that (`--kubelet-client-certificate/-key`).
+
 Healthy kubelets share one serving context, so 5,000 kubelets cost one key and one
 certificate, not 5,000: it presents a certificate for 127.0.0.1, and a client that asks for a
 name by SNI (`--kubelet-tls-server-name-from-node`) gets a certificate for that name, issued on
@@ -39,11 +43,19 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _server_context(leaf: trustme.LeafCert) -> ssl.SSLContext:
+def _server_context(
+    leaf: trustme.LeafCert, client_ca: trustme.CA | None = None
+) -> ssl.SSLContext:
     # A bare server context: create_default_context would also load the system trust store,
     # which costs ~1 ms per kubelet and is useless for a server that asks for no client cert.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(ctx)
+    if client_ca is not None:
+        # Asked for, not required, as a kubelet with --client-ca-file does (Go's
+        # VerifyClientCertIfGiven): a request without one may still carry a token. A
+        # certificate from another CA fails the handshake.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        client_ca.configure_trust(ctx)
     return ctx
 
 
@@ -52,8 +64,10 @@ class PKI:
 
     def __init__(self, directory: Path, *, kubelet_ca: trustme.CA | None = None) -> None:
         self.directory = directory
-        self._kubelet_shared: ssl.SSLContext | None = None
-        self._kubelet_named: dict[str, ssl.SSLContext] = {}
+        # Keyed by whether the context verifies client certificates.
+        self._kubelet_shared: dict[bool, ssl.SSLContext] = {}
+        self._kubelet_named: dict[tuple[str, bool], ssl.SSLContext] = {}
+        self._kubelet_client: _Pair | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.cluster_ca = trustme.CA(organization_name="kubernetes")
         # Kubelet shard processes (`_shards.py`) serve with the main process's kubelet CA.
@@ -110,37 +124,74 @@ class PKI:
         ctx = _server_context(self._apiserver_leaf)
         return ctx
 
-    def kubelet_context(self, node: str, kind: KubeletCertKind = "normal") -> ssl.SSLContext:
-        """A serving context for one kubelet: the shared one when healthy, else a fresh one."""
+    def kubelet_context(
+        self, node: str, kind: KubeletCertKind = "normal", *, verify_clients: bool = False
+    ) -> ssl.SSLContext:
+        """A serving context for one kubelet: the shared one when healthy, else a fresh one.
+        With `verify_clients` it asks for a client certificate signed by the client CA."""
+        client_ca = self.client_ca if verify_clients else None
         if kind == "normal":
-            return self._shared_kubelet_context()
+            return self._shared_kubelet_context(verify_clients)
         if kind == "no-ip-san":
             leaf = self.kubelet_ca.issue_cert(node, common_name=node)
         elif kind == "wrong-ca":
             leaf = self.wrong_ca.issue_cert("127.0.0.1", node, common_name=node)
         else:
             raise ValueError(f"unknown kubelet certificate kind {kind!r}")
-        return _server_context(leaf)
+        return _server_context(leaf, client_ca)
 
-    def _shared_kubelet_context(self) -> ssl.SSLContext:
-        if self._kubelet_shared is None:
+    def _shared_kubelet_context(self, verify_clients: bool) -> ssl.SSLContext:
+        ctx = self._kubelet_shared.get(verify_clients)
+        if ctx is None:
             ctx = _server_context(
-                self.kubelet_ca.issue_cert("127.0.0.1", common_name="kubelet")
+                self.kubelet_ca.issue_cert("127.0.0.1", common_name="kubelet"),
+                self.client_ca if verify_clients else None,
             )
-            ctx.sni_callback = self._kubelet_by_name
-            self._kubelet_shared = ctx
-        return self._kubelet_shared
+            ctx.sni_callback = (
+                self._verifying_kubelet_by_name if verify_clients else self._kubelet_by_name
+            )
+            self._kubelet_shared[verify_clients] = ctx
+        return ctx
 
     def _kubelet_by_name(
         self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
+        self._switch_to_named(conn, server_name, verify_clients=False)
+
+    def _verifying_kubelet_by_name(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        self._switch_to_named(conn, server_name, verify_clients=True)
+
+    def _switch_to_named(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, *, verify_clients: bool
+    ) -> None:
         if not server_name:
             return
-        ctx = self._kubelet_named.get(server_name)
+        # The named context verifies clients as the shared one does, so switching by SNI
+        # changes the certificate presented and nothing else.
+        ctx = self._kubelet_named.get((server_name, verify_clients))
         if ctx is None:
             leaf = self.kubelet_ca.issue_cert("127.0.0.1", server_name, common_name=server_name)
-            ctx = self._kubelet_named[server_name] = _server_context(leaf)
+            ctx = _server_context(leaf, self.client_ca if verify_clients else None)
+            self._kubelet_named[(server_name, verify_clients)] = ctx
         conn.context = ctx
+
+    def kubelet_client_files(self) -> tuple[Path, Path]:
+        """(certificate, key) PEM files of a client certificate kubelets that verify clients
+        accept: what `--kubelet-client-certificate`/`--kubelet-client-key` take. Issued on
+        first use."""
+        if self._kubelet_client is None:
+            # CN also as a DNS SAN: see the client certificates in __init__.
+            self._kubelet_client = self._pair(
+                "kubelet-client",
+                self.client_ca.issue_cert(
+                    "metrics-server-kubelet-client",
+                    common_name="metrics-server-kubelet-client",
+                    organization_name="system:metrics-server",
+                ),
+            )
+        return self._kubelet_client.cert, self._kubelet_client.key
 
     def proxy_client_context(self, ca_file: Path) -> ssl.SSLContext:
         """Client context the aggregator uses towards the metrics server."""

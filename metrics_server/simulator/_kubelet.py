@@ -3,11 +3,17 @@
 HTTP is hand-written rather than h11: a kubelet only ever answers small GETs, and at 5,000
 kubelets per process the per-connection state should be a buffer and nothing else. The body
 comes from `World.kubelet_body`, which renders it once per refresh tick.
+
+Clients authenticate with the metrics server's bearer token by default; `set_client_auth`
+makes a kubelet take a client certificate signed by the simulator's client CA instead of, or
+as well as, the token (a kubelet's x509 and webhook authentication). Counters on each
+kubelet (connections accepted, requests by credential) let tests see how they are called.
 """
 
 from __future__ import annotations
 
 import ssl
+from typing import Literal
 
 import trio
 
@@ -28,7 +34,11 @@ from metrics_server.simulator.faults import (
     WrongCA,
 )
 
-__all__ = ["FakeKubelet"]
+__all__ = ["ClientAuth", "FakeKubelet"]
+
+ClientAuth = Literal["token", "cert", "token-or-cert"]
+"""Which credentials a kubelet accepts: the bearer token, a verified client certificate, or
+either."""
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
@@ -106,20 +116,36 @@ async def _read_head(
 class FakeKubelet:
     """A node's kubelet endpoint; cheap while idle (one listener task, one SSL context)."""
 
-    __slots__ = ("_auth", "_ctx", "_kind", "_pki", "_world", "fault", "listener", "name")
+    __slots__ = (
+        "_auth", "_ctx", "_kind", "_pki", "_world", "cert_requests", "client_auth",
+        "connections", "fault", "listener", "name", "token_requests",
+    )
 
     def __init__(
         self, name: str, world: World, pki: PKI, *, token: str, nursery: trio.Nursery,
-        fault: Fault | None = None, port: int = 0,
+        fault: Fault | None = None, port: int = 0, client_auth: ClientAuth = "token",
     ) -> None:
         self.name = name
         self._world = world
         self._pki = pki
         self._auth = f"Bearer {token}".encode()
         self.fault = fault
+        self.client_auth: ClientAuth = client_auth
+        self.connections = 0
+        """TCP connections accepted, whether or not the handshake then succeeded."""
+        self.token_requests = 0
+        """Requests for /metrics/resource carrying the right bearer token."""
+        self.cert_requests = 0
+        """Requests for /metrics/resource on a connection with a verified client certificate
+        (only counted while client certificates are asked for)."""
         self._kind = _cert_kind(fault)
-        self._ctx: ssl.SSLContext = pki.kubelet_context(name, self._kind)
+        self._ctx: ssl.SSLContext = self._context()
         self.listener = RestartableListener(nursery, self._connection, port=port)
+
+    def _context(self) -> ssl.SSLContext:
+        return self._pki.kubelet_context(
+            self.name, self._kind, verify_clients=self.client_auth != "token"
+        )
 
     @property
     def port(self) -> int:
@@ -140,15 +166,27 @@ class FakeKubelet:
         kind = _cert_kind(fault)
         restart = kind != self._kind or isinstance(fault, Refuse) or isinstance(self.fault, Refuse)
         if kind != self._kind:
-            self._ctx = self._pki.kubelet_context(self.name, kind)
             self._kind = kind
+            self._ctx = self._context()
         self.fault = fault
         if restart:
             self.listener.stop()
             if not isinstance(fault, Refuse):
                 self.listener.start()
 
+    def set_client_auth(self, client_auth: ClientAuth) -> None:
+        """Change which credentials are accepted. Whether a certificate is asked for is part
+        of the handshake, so open connections are dropped (the listener restarts)."""
+        if client_auth == self.client_auth:
+            return
+        self.client_auth = client_auth
+        self._ctx = self._context()
+        if self.listener.running:
+            self.listener.stop()
+            self.listener.start()
+
     async def _connection(self, raw: trio.SocketStream) -> None:
+        self.connections += 1
         stream: trio.abc.Stream = raw
         try:
             fault = self.fault
@@ -158,7 +196,10 @@ class FakeKubelet:
             stream = tls
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
-            await self._serve_requests(tls)
+            # With CERT_OPTIONAL a certificate that was presented has been verified by now
+            # (a bad one fails the handshake); none presented gives an empty answer.
+            has_cert = self.client_auth != "token" and bool(tls.getpeercert())
+            await self._serve_requests(tls, has_cert)
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await tls.aclose()  # sends close_notify (Go's server does too)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
@@ -167,7 +208,9 @@ class FakeKubelet:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_requests(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _serve_requests(
+        self, tls: trio.SSLStream[trio.SocketStream], has_cert: bool
+    ) -> None:
         buf = bytearray()
         while True:
             request = None  # stays None when the idle timeout ends the wait
@@ -176,12 +219,12 @@ class FakeKubelet:
             if request is None:
                 return
             method, path, headers, keep_alive = request
-            if not await self._respond(tls, method, path, headers) or not keep_alive:
+            if not await self._respond(tls, method, path, headers, has_cert) or not keep_alive:
                 return
 
     async def _respond(
         self, tls: trio.SSLStream[trio.SocketStream], method: str, path: str,
-        headers: dict[bytes, bytes],
+        headers: dict[bytes, bytes], has_cert: bool,
     ) -> bool:
         """Answer one request; False when the connection must be closed afterwards."""
         fault = self.fault
@@ -197,7 +240,7 @@ class FakeKubelet:
             return await self._send(tls, _head(404, "text/plain; charset=utf-8", len(body)) + body)
         if method != "GET":
             return await self._send(tls, _head(405, "text/plain", 0))
-        if headers.get(b"authorization") != self._auth:
+        if not self._authenticated(headers, has_cert):
             body = b"Unauthorized\n"
             return await self._send(tls, _head(401, "text/plain; charset=utf-8", len(body)) + body)
         if isinstance(fault, Garbage):
@@ -225,6 +268,16 @@ class FakeKubelet:
                 await trio.sleep(fault.interval)
             return True
         return await self._send(tls, _head(200, _PROM, len(body)) + body)
+
+    def _authenticated(self, headers: dict[bytes, bytes], has_cert: bool) -> bool:
+        has_token = headers.get(b"authorization") == self._auth
+        self.token_requests += has_token
+        self.cert_requests += has_cert
+        if self.client_auth == "token":
+            return has_token
+        if self.client_auth == "cert":
+            return has_cert
+        return has_token or has_cert
 
     @staticmethod
     async def _send(tls: trio.SSLStream[trio.SocketStream], data: bytes) -> bool:
