@@ -3,18 +3,25 @@ list/watch semantics, reviews and the aggregation proxy. Every test has a deadli
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
+import signal
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import h11
 import httpx
 import pytest
 import trio
+import yaml
 
 from metrics_server.simulator import (
     Cluster,
@@ -653,3 +660,169 @@ async def test_paged_pod_list_is_the_whole_list_in_order() -> None:
                 if len(paged) == 8:
                     cluster.add_pod("zz-last", "late", "node-0")
             assert paged == [*whole, ("zz-last", "late")]
+
+
+# ---- the metrics-server-sim command --------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CLI_DEADLINE = 90.0
+
+
+def sim_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """`python -m metrics_server.simulator ARGS` and an environment that imports this checkout
+    (the metrics server it starts is `python -m metrics_server` with the same environment)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "metrics_server.simulator", *args], env
+
+
+def demo_blocks(out: str) -> dict[str, list[tuple[str, str]]]:
+    """{kubectl args: [(kubectl line, truth line)]}: each `$ kubectl …` line of the demo and
+    the side-by-side lines after it, up to the next blank line, header rows included."""
+    blocks: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for line in out.splitlines():
+        if line.startswith("$ kubectl "):
+            current = blocks.setdefault(line.removeprefix("$ kubectl "), [])
+        elif not line.strip():
+            current = None
+        elif current is not None:
+            left, sep, right = line.partition("| ")
+            assert sep, f"not side by side: {line!r}"
+            current.append((left.strip(), right.strip()))
+    return blocks
+
+
+def rows_by_key(lines: list[str], key_columns: int) -> dict[str, list[str]]:
+    """Header dropped; each row keyed by its first `key_columns` cells joined with '/'."""
+    out = {}
+    for line in lines[1:]:
+        cells = line.split()
+        out["/".join(cells[:key_columns])] = cells[key_columns:]
+    return out
+
+
+def millicores(text: str) -> int:
+    assert text.endswith("m"), text
+    return int(text[:-1])
+
+
+def assert_figures_match(shown: dict[str, list[str]], truth: dict[str, list[str]],
+                         cpu_col: int, mem_col: int) -> None:
+    """kubectl's CPU within 2 % (or 1m of rounding) of the truth column; memory (Mi) exact."""
+    assert shown and sorted(shown) == sorted(truth)
+    for key, cells in shown.items():
+        want_cpu, want_mem = truth[key]
+        got_cpu = millicores(cells[cpu_col])
+        assert abs(got_cpu - millicores(want_cpu)) <= max(0.02 * millicores(want_cpu), 1), key
+        assert cells[mem_col] == want_mem, key
+
+
+@pytest.mark.e2e
+async def test_cli_demo_reports_first_scrape_and_matches_truth(tmp_path: Path) -> None:
+    argv, env = sim_command("--demo", "--nodes", "2", "--pods-per-node", "2",
+                            "--no-memory-wobble", "--workdir", str(tmp_path / "sim"))
+    with trio.fail_after(CLI_DEADLINE):
+        result = await trio.run_process(argv, env=env, cwd=str(tmp_path), check=False,
+                                        capture_stdout=True, capture_stderr=True)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    log = trio.Path(tmp_path / "sim" / "metrics-server.log")
+    log_text = await log.read_text() if await log.exists() else ""
+    detail = f"stdout:\n{out}\nstderr:\n{err}\nlog:\n{log_text}"
+    assert result.returncode == 0, detail
+    assert "Traceback" not in err, detail
+    lines = out.splitlines()
+    assert "nodes: 2, pods: 4" in lines, detail
+    assert "metrics server: first scrape: scraped 2/2 nodes" in lines, detail
+
+    blocks = demo_blocks(out)
+    assert list(blocks)[:2] == ["top nodes", "top pods -A"], detail
+    assert len(blocks) == 3, detail
+    containers_cmd = list(blocks)[2]
+    match = re.fullmatch(r"top pod (\S+) -n (\S+) --containers", containers_cmd)
+    assert match is not None, containers_cmd
+
+    def sides(cmd: str) -> tuple[list[str], list[str]]:
+        shown = [left for left, _ in blocks[cmd] if left]
+        truth = [right for _, right in blocks[cmd] if right]
+        return shown, truth
+
+    shown, truth = sides("top nodes")
+    assert shown[0].split() == ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]
+    nodes = rows_by_key(shown, 1)
+    assert sorted(nodes) == ["node-0", "node-1"]
+    assert_figures_match(nodes, rows_by_key(truth, 1), cpu_col=0, mem_col=2)
+
+    shown, truth = sides("top pods -A")
+    assert shown[0].split() == ["NAMESPACE", "NAME", "CPU(cores)", "MEMORY(bytes)"]
+    pods = rows_by_key(shown, 2)
+    assert len(pods) == 4
+    assert_figures_match(pods, rows_by_key(truth, 1), cpu_col=0, mem_col=1)
+
+    pod, namespace = match.groups()
+    assert f"{namespace}/{pod}" in pods
+    shown, truth = sides(containers_cmd)
+    assert shown[0].split() == ["POD", "NAME", "CPU(cores)", "MEMORY(bytes)"]
+    assert all(line.split()[0] == pod for line in shown[1:])
+    by_container = {k.split("/", 1)[1]: v for k, v in rows_by_key(shown, 2).items()}
+    assert_figures_match(by_container, rows_by_key(truth, 1), cpu_col=0, mem_col=1)
+
+
+async def kubeconfig_target(path: Path) -> tuple[str, bytes, str] | None:
+    """(server, CA PEM, token) once the kubeconfig is completely written, else None."""
+    try:
+        doc = yaml.safe_load(await trio.Path(path).read_text())
+        cluster = doc["clusters"][0]["cluster"]
+        token = doc["users"][0]["user"]["token"]
+        return cluster["server"], base64.b64decode(cluster["certificate-authority-data"]), token
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+async def test_cli_cluster_only_writes_kubeconfig_and_stops_cleanly(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "out" / "kubeconfig"
+    kubeconfig.parent.mkdir()
+    argv, env = sim_command("--no-metrics-server", "--nodes", "2", "--pods-per-node", "1",
+                            "--kubeconfig-out", str(kubeconfig))
+    stdout_path, stderr_path = trio.Path(tmp_path / "stdout"), trio.Path(tmp_path / "stderr")
+    with (tmp_path / "stdout").open("wb") as stdout, (tmp_path / "stderr").open("wb") as stderr:
+        process = await trio.lowlevel.open_process(argv, env=env, cwd=str(tmp_path),
+                                                   stdout=stdout, stderr=stderr)
+    try:
+        with trio.fail_after(CLI_DEADLINE):
+            while (target := await kubeconfig_target(kubeconfig)) is None:
+                assert process.returncode is None, await stderr_path.read_text()
+                await trio.sleep(0.05)
+            server, ca_pem, token = target
+            context = ssl.create_default_context(cadata=ca_pem.decode())
+            async with httpx.AsyncClient(
+                base_url=server, verify=context, timeout=DEADLINE,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as client:
+                nodes = await client.get("/api/v1/nodes")
+                assert nodes.status_code == 200, nodes.text
+                names = sorted(n["metadata"]["name"] for n in nodes.json()["items"])
+                assert names == ["node-0", "node-1"]
+                # Cluster only: nothing behind the aggregator.
+                metrics = await client.get("/apis/metrics.k8s.io/v1beta1/nodes")
+                assert metrics.status_code == 503
+            out = await stdout_path.read_text()
+            assert f"kubeconfig: {kubeconfig}" in out.splitlines()
+            assert "starting the metrics server" not in out
+            found = re.search(r"^workdir:\s+(\S+)$", out, re.MULTILINE)
+            assert found is not None, out
+            workdir = trio.Path(found[1])
+            assert await workdir.is_dir()
+
+            process.send_signal(signal.SIGTERM)
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await process.wait()
+    err = await stderr_path.read_text()
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert "stopping" in err
+    assert not await workdir.exists()  # its temporary workdir was removed on the way out
