@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 
+from metrics_server.kube import watch as watch_module
 from metrics_server.kube.cache import PodCache
-from metrics_server.kube.watch import WatchSpec, WatchStats, run_watch
+from metrics_server.kube.watch import BACKOFF_SECONDS, WatchSpec, WatchStats, run_watch
 
 
 def pod(name: str, rv: int) -> dict[str, Any]:
@@ -187,3 +191,75 @@ async def test_list_timeout_is_per_page(autojump_clock: trio.abc.Clock) -> None:
             await listed.wait()
         nursery.cancel_scope.cancel()
     assert sorted(p.name for p in cache.all_sorted()) == ["p0", "p1", "p2"]
+
+
+class _Extreme:
+    """A stand-in for the `random` module that always draws one end of the range."""
+
+    def __init__(self, end: int) -> None:
+        self._end = end
+        self._rng = random.Random(0)
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a, b)[self._end]
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b)
+
+
+@pytest.mark.parametrize("jitter", ["seeded", "always-max", "always-min"])
+@pytest.mark.parametrize("failing", ["list", "watch"])
+async def test_reconnect_backoff_never_exceeds_its_cap(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch, jitter: str, failing: str
+) -> None:
+    """60 failures in a row (of the list, or of the watch request after one good list): the
+    delay before each retry grows through the schedule, stays within ±25 % of its step, and
+    never passes the cap plus jitter, however the jitter falls."""
+    source: Any = {
+        "seeded": random.Random(20240601),
+        "always-max": _Extreme(1),
+        "always-min": _Extreme(0),
+    }[jitter]
+    monkeypatch.setattr(watch_module, "random", source)
+    failures = 60
+    attempts: list[float] = []  # trio clock at each failing request
+    done = trio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        is_watch = request.url.params.get("watch") == "1"
+        if failing == "watch" and not is_watch:
+            assert not attempts, "relisted although the list's resourceVersion was kept"
+            return httpx.Response(200, json={"metadata": {"resourceVersion": "3"}, "items": []})
+        attempts.append(trio.current_time())
+        if len(attempts) > failures:
+            done.set()
+            await trio.sleep_forever()
+        raise httpx.ConnectError("connection refused")
+
+    spec = WatchSpec("pods", "/api/v1/pods", {}, True)
+    cache, stats = PodCache(), WatchStats()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="https://api") as c,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(lambda: run_watch(c, spec, cache, stats))
+        with trio.fail_after(failures * 60):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert stats.restarts == failures
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(gaps) == failures
+    cap = max(BACKOFF_SECONDS)
+    assert BACKOFF_SECONDS[-1] == cap  # the last step is the one that repeats
+    eps = 1e-6
+    for i, gap in enumerate(gaps):
+        step = BACKOFF_SECONDS[min(i, len(BACKOFF_SECONDS) - 1)]
+        assert 0.75 * step - eps <= gap <= 1.25 * step + eps, (i, gap)
+        assert gap <= 1.25 * cap + eps, (i, gap)
+    capped = gaps[len(BACKOFF_SECONDS) :]
+    # It did reach the cap and stayed there: this is not a schedule that never grows.
+    assert min(capped) >= 0.75 * cap - eps
+    if jitter == "seeded":
+        assert len({round(g, 6) for g in capped}) > len(capped) // 2  # really jittered
+    elif jitter == "always-max":
+        assert max(gaps) == pytest.approx(1.25 * cap)
