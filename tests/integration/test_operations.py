@@ -687,6 +687,50 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path: Path
     assert '"Stopped"' in server.lines[-1]
 
 
+async def test_sigterm_exits_0_when_the_grace_period_runs_out(tmp_path: Path) -> None:
+    """A request that never finishes: with --shutdown-grace-period=1s the process waits the
+    grace period for it, then cancels it and exits 0 (the README: "then the process exits
+    0"), without a traceback, within the grace period plus a few seconds."""
+    grace = 1.0
+    outcome: list[BaseException | httpx.Response] = []
+    ended = trio.Event()
+    with trio.fail_after(60):
+        async with (
+            open_cluster(ClusterConfig(nodes=1, pods_per_node=1)) as cluster,
+            held_server(cluster, tmp_path, "1s") as (review, server, port),
+            client_for(cluster, port, "held-token") as client,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def in_flight() -> None:
+                try:
+                    outcome.append(await client.get(PREFIX))
+                except httpx.HTTPError as exc:
+                    outcome.append(exc)
+                ended.set()
+
+            nursery.start_soon(in_flight)
+            await review.arrived.wait()  # held inside the server; never released
+            signalled = trio.current_time()
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(grace + 5):
+                status = await server.process.wait()
+            elapsed = trio.current_time() - signalled
+            with trio.fail_after(5):
+                await ended.wait()
+            assert not review.release.is_set()
+    assert status == 0, server.text
+    # It did wait for the request: the grace period starts after the signal arrives.
+    assert elapsed >= grace - 0.05, elapsed
+    assert len(outcome) == 1
+    answered = outcome[0]
+    assert not (isinstance(answered, httpx.Response) and answered.status_code == 200), answered
+    assert "Traceback" not in server.text
+    assert '"Shutting down: readyz now fails" reason="SIGTERM"' in server.text
+    assert 'gracePeriod="1s"' in server.text
+    assert '"Stopped"' in server.lines[-1]
+
+
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     failed = trio.Event()
     with trio.fail_after(60):
