@@ -5,6 +5,11 @@ watch from the list's resourceVersion with bookmarks, applying events as they ar
 A 410 Gone means our resourceVersion is too old: relist. Any other failure: reconnect
 after a capped, jittered exponential backoff. The sink keeps its contents across
 failures, so a dropped watch never empties a cache.
+
+Logs follow the state, not the attempts: the first failure of a streak is a warning (with
+the error and the backoff), further attempts of the same streak are debug lines, and one
+INFO line says when the watch works again (a list answered, or the watch delivered an
+event). An apiserver down for an hour is two lines per watch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import orjson
 import trio
 
 from metrics_server.logs import log_kv
+from metrics_server.quantity import format_go_duration
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +103,13 @@ async def run_watch(
     attempt = 0
     started = False
     resource_version = ""
+    streak = _Streak(spec.name)
 
     def connected() -> None:
         # The apiserver took the watch: whatever ends this stream starts a new series of
         # retries. Without this only a list or a clean end reset the backoff, so a watch
         # dropped now and then over hours reconnected later and later, up to the cap.
+        # (Not yet "works again": a too-old resourceVersion is a 200 and then a 410 event.)
         nonlocal attempt
         attempt = 0
 
@@ -120,26 +128,90 @@ async def run_watch(
                     task_status.started()
                 log.debug("listed %s at resourceVersion %s", spec.name, resource_version)
                 attempt = 0
+                streak.recovered()
             resource_version = await _watch(
-                client, spec, sink, stats, resource_version, on_change, connected
+                client, spec, sink, stats, resource_version, on_change, connected,
+                streak.recovered,
             )
             # Server closed the stream normally (timeoutSeconds): resume from where we are.
             attempt = 0
+            streak.recovered()
             continue
         except Gone:
-            log_kv(log, logging.INFO, "Watch expired (410 Gone); relisting", resource=spec.name)
             resource_version = ""
             reason = "expired"
+            delay = _backoff(attempt)
+            # A routine relist on its own; inside a failure streak, part of coming back.
+            level = logging.DEBUG if streak.failing else logging.INFO
+            log_kv(log, level, "Watch expired (410 Gone); relisting", resource=spec.name)
         except WatchError as exc:
             stats.last_error = str(exc)
             reason = "error"
-            log_kv(log, logging.WARNING, "Watch failed; reconnecting", err=exc, resource=spec.name)
+            delay = _backoff(attempt)
+            streak.failed(exc, delay)
         stats.restarts += 1
         if on_restart is not None:
             on_restart(reason)
-        delay = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
         attempt += 1
-        await trio.sleep(delay * random.uniform(0.75, 1.25))
+        await trio.sleep(delay)
+
+
+def _backoff(attempt: int) -> float:
+    """The jittered delay before reconnect number `attempt` (0-based) of a streak."""
+    return BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)] * random.uniform(0.75, 1.25)
+
+
+def _millis(seconds: float) -> str:
+    """A Go duration to the millisecond ("1.234s"): more digits are noise in a log line."""
+    return format_go_duration(round(seconds * 1000) * 1_000_000)
+
+
+@dataclass(slots=True)
+class _Streak:
+    """Failures since the watch last worked, for logging once per change of state."""
+
+    resource: str
+    failing: bool = False
+    attempts: int = 0
+    since: float = 0.0
+
+    def failed(self, exc: WatchError, delay: float) -> None:
+        self.attempts += 1
+        retry_in = _millis(delay)
+        if self.failing:
+            log_kv(
+                log,
+                logging.DEBUG,
+                "Watch still failing; reconnecting",
+                err=exc,
+                resource=self.resource,
+                attempt=self.attempts,
+                retryIn=retry_in,
+            )
+            return
+        self.failing, self.since = True, trio.current_time()
+        log_kv(
+            log,
+            logging.WARNING,
+            "Watch failed; reconnecting",
+            err=exc,
+            resource=self.resource,
+            retryIn=retry_in,
+        )
+
+    def recovered(self) -> None:
+        if not self.failing:
+            return
+        down = _millis(trio.current_time() - self.since)
+        log_kv(
+            log,
+            logging.INFO,
+            "Watch works again",
+            resource=self.resource,
+            failedAttempts=self.attempts,
+            downFor=down,
+        )
+        self.failing, self.attempts = False, 0
 
 
 async def _list(client: httpx.AsyncClient, spec: WatchSpec, sink: Sink) -> str:
@@ -213,6 +285,7 @@ async def _watch(
     resource_version: str,
     on_change: Callable[[], None] | None,
     on_connected: Callable[[], None],
+    on_working: Callable[[], None],
 ) -> str:
     params = dict(
         spec.params,
@@ -256,6 +329,7 @@ async def _watch(
                 if line.strip():
                     resource_version = _apply(spec, sink, line, resource_version)
                     stats.last_event_time = trio.current_time()
+                    on_working()
                     if on_change is not None:
                         on_change()
     except httpx.HTTPError as exc:

@@ -11,12 +11,19 @@ node list and /readyz are polled and every scrape and cache size is recorded.
 Finally the apiserver goes down and a second daemon starts without it (the CA files given
 as flags, so no ConfigMap lookup is needed): not ready, with the reason on /readyz?verbose,
 retrying with backoff; the apiserver comes up and the daemon gets ready.
+
+The watch logger is at DEBUG throughout, so the tests see the repeated attempts that must
+stay below WARNING. Memory: the daemon shares this process with the simulator and the
+kubelet matrix, so a row's bound is on this process's resident and peak memory (VmRSS,
+VmHWM) before and after it; a fault that made the daemon hold on to data would show there.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +37,7 @@ from tests.faults._observe import (
     ApiProbe,
     LogRecords,
     ScrapeLog,
+    rss_kib,
     watch_restarts,
 )
 from tests.harness import direct_client, running_daemon
@@ -51,6 +59,10 @@ class Window:
     restarts_after: dict[tuple[str, str], float] = field(default_factory=dict)
     watch_attempts: int = 0
     """Restarts of the two watches during the window (from WatchStats)."""
+    rss_kib: tuple[int, int] = (0, 0)
+    """This process's VmRSS before and after the row."""
+    hwm_kib: tuple[int, int] = (0, 0)
+    """This process's VmHWM (peak resident memory) before and after the row."""
     notes: dict[str, object] = field(default_factory=dict)
 
     def restarts(self, resource: str, reason: str) -> float:
@@ -63,10 +75,19 @@ class DownAtStart:
     readyz_status: int = 0
     readyz_text: str = ""
     livez_status: int = 0
+    livez_text: str = ""
     attempts_in_window: int = 0
     window: float = 0.0
     ready_after_up: float | None = None
     readyz_after: int = 0
+    restarts: dict[tuple[str, str], float] = field(default_factory=dict)
+    """`metrics_server_watch_restarts_total` once the apiserver is back (/metrics needs it
+    to review the token), counting every failed attempt of the down period."""
+    stats_restarts: dict[str, int] = field(default_factory=dict)
+    """The watches' own restart counts at that moment, by resource."""
+    started: float = 0.0
+    ended: float = 0.0
+    """The second daemon's lifetime, to tell its log lines from the first's."""
 
 
 @dataclass(slots=True)
@@ -127,9 +148,11 @@ class _Scenario:
         d = self.d
         window = Window(start=trio.current_time(), restarts_before=await self.metrics())
         attempts = d.node_watch.restarts + d.pod_watch.restarts
+        rss, hwm = rss_kib("VmRSS"), rss_kib("VmHWM")
         await body(window)
         window.watch_attempts = d.node_watch.restarts + d.pod_watch.restarts - attempts
         window.restarts_after = await self.metrics()
+        window.rss_kib, window.hwm_kib = (rss, rss_kib("VmRSS")), (hwm, rss_kib("VmHWM"))
         window.end = trio.current_time()
         self.run.windows[name] = window
 
@@ -215,10 +238,12 @@ def _static_auth_flags(cluster: Cluster) -> list[str]:
 async def _down_at_start(cluster: Cluster, workdir: Path, result: DownAtStart) -> None:
     cluster.apiserver_down()
     ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
+    result.started = trio.current_time()
     async with (
         running_daemon(cluster, workdir, _static_auth_flags(cluster), aggregate=False) as d,
         # Anonymous, as the kubelet's probes are.
         httpx.AsyncClient(base_url=f"https://127.0.0.1:{d.port}", verify=ctx, timeout=5) as probe,
+        direct_client(cluster, d) as client,
     ):
         began = trio.current_time()
         # Watch restarts wake nobody; this window is what the backoff is judged over.
@@ -227,18 +252,34 @@ async def _down_at_start(cluster: Cluster, workdir: Path, result: DownAtStart) -
         result.attempts_in_window = d.node_watch.restarts
         readyz = await probe.get("/readyz", params={"verbose": "1"})
         result.readyz_status, result.readyz_text = readyz.status_code, readyz.text
-        result.livez_status = (await probe.get("/livez")).status_code
+        livez = await probe.get("/livez", params={"verbose": "1"})
+        result.livez_status, result.livez_text = livez.status_code, livez.text
         up = trio.current_time()
         cluster.apiserver_up()
         with trio.move_on_after(MARKER_LIMIT):
             await d.ready.wait()
             result.ready_after_up = trio.current_time() - up
         result.readyz_after = (await probe.get("/readyz")).status_code
+        result.stats_restarts = {"nodes": d.node_watch.restarts, "pods": d.pod_watch.restarts}
+        result.restarts = watch_restarts((await client.get("/metrics")).text)
+    result.ended = trio.current_time()
+
+
+@contextmanager
+def _watch_debug_logs() -> Iterator[None]:
+    """Let the watch's debug lines through to the collector for as long as the matrix runs."""
+    logger = logging.getLogger("metrics_server.kube.watch")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 async def run_apiserver_matrix(workdir: Path, logs: LogRecords) -> ApiserverRun:
     config = ClusterConfig(nodes=3, pods_per_node=4, kubelet_refresh=0.5)
-    with trio.fail_after(150):
+    with trio.fail_after(150), _watch_debug_logs():
         run = ApiserverRun(logs=logs)
         async with open_cluster(config) as cluster:
             ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
