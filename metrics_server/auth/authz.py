@@ -24,7 +24,7 @@ import trio
 from .config import AuthConfig
 from .errors import AuthBackendError
 from .requestinfo import RequestInfo
-from .ttlcache import TTLCache
+from .ttlcache import ReviewCache
 from .user import UserInfo
 
 __all__ = [
@@ -136,18 +136,16 @@ class SubjectAccessReviewer:
         self.allowed_ttl = allowed_ttl
         self.denied_ttl = denied_ttl
         self.timeout = timeout
-        self._cache: TTLCache[_Verdict] = TTLCache(max_entries=max_entries, clock=clock)
+        self.cache: ReviewCache[_Verdict] = ReviewCache(max_entries=max_entries, clock=clock)
 
     async def review(self, attrs: Attributes) -> tuple[Decision, str]:
         spec = attrs.sar_spec()
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached.decision, cached.reason
-        verdict = await self._post(spec)
-        ttl = self.allowed_ttl if verdict.decision is Decision.ALLOW else self.denied_ttl
-        self._cache.put(key, verdict, ttl)
+        verdict = await self.cache.lookup(key, lambda: self._post(spec), self._ttl)
         return verdict.decision, verdict.reason
+
+    def _ttl(self, verdict: _Verdict) -> float:
+        return self.allowed_ttl if verdict.decision is Decision.ALLOW else self.denied_ttl
 
     async def _post(self, spec: dict[str, Any]) -> _Verdict:
         body = {

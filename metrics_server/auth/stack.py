@@ -49,6 +49,10 @@ class AuthStack:
         """Load CA files and look up the ConfigMap (errors are fatal), then keep them current."""
         await self.sources.load_flag_files()
         async with trio.open_nursery() as nursery:
+            # Background review refreshes live here, beside the ConfigMap watch.
+            for reviewer in (self.authenticator.token_reviewer, self.authorizer.reviewer):
+                if reviewer is not None:
+                    await nursery.start(reviewer.cache.run)
             await nursery.start(self.watcher.run)
             if self.config.client_ca_file or self.config.requestheader_client_ca_file:
                 await nursery.start(self.sources.run_file_reloader)

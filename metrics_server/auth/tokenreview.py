@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from .errors import AuthBackendError
-from .ttlcache import TTLCache
+from .ttlcache import ReviewCache
 from .user import UserInfo
 
 __all__ = ["TOKENREVIEW_PATH", "TokenReviewer"]
@@ -70,7 +70,7 @@ class TokenReviewer:
         self.client = client
         self.cache_ttl = cache_ttl
         self.timeout = timeout
-        self._cache: TTLCache[_Answer] = TTLCache(max_entries=max_entries, clock=clock)
+        self.cache: ReviewCache[_Answer] = ReviewCache(max_entries=max_entries, clock=clock)
         # A per-process key: digests are useless outside this process.
         self._key = secrets.token_bytes(32)
 
@@ -78,12 +78,9 @@ class TokenReviewer:
         return hashlib.blake2b(token.encode(), key=self._key, digest_size=32).hexdigest()
 
     async def review(self, token: str) -> UserInfo | None:
-        key = self._digest(token)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached.user
-        answer = await self._post(token)
-        self._cache.put(key, answer, self.cache_ttl)
+        answer = await self.cache.lookup(
+            self._digest(token), lambda: self._post(token), lambda _: self.cache_ttl
+        )
         return answer.user
 
     async def _post(self, token: str) -> _Answer:
