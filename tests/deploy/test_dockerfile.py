@@ -13,6 +13,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
+import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -20,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.deploy import expectations as ex
 from tests.deploy.conftest import REPO
@@ -210,17 +217,36 @@ def test_docs_name_the_server_flags() -> None:
     assert len(used) >= 10, used
 
 
-@pytest.mark.slow
-def test_install_step_yields_working_console_script(stages: list[Stage], tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Installed:
+    """The builder's /opt/venv, built by its install step in a temporary directory."""
+
+    venv: Path
+    root: Path
+    elapsed: float
+
+    def run_env(self, home: Path) -> dict[str, str]:
+        """The final image's ENV, with the venv and HOME moved; nothing from the checkout."""
+        return {
+            "PATH": f"{self.venv / 'bin'}{os.pathsep}/usr/bin:/bin",
+            "HOME": str(home),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+@pytest.fixture(scope="module")
+def installed(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Installed:
     builder = stages[0]
-    context = tmp_path / "context"
+    root = tmp_path_factory.mktemp("image")
+    context = root / "context"
     context.mkdir()
     _replay_copies(builder, context)
     env = {
         **os.environ,
         **builder.env(),
-        "VIRTUAL_ENV": str(tmp_path / "opt-venv"),
-        "WHEEL_DIR": str(tmp_path / "wheels"),
+        "VIRTUAL_ENV": str(root / "opt-venv"),
+        "WHEEL_DIR": str(root / "wheels"),
         # `python` in the RUN line: this interpreter (its venv module makes a clean venv).
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
@@ -236,16 +262,13 @@ def test_install_step_yields_working_console_script(stages: list[Stage], tmp_pat
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    elapsed = time.monotonic() - started
+    return Installed(root / "opt-venv", root, time.monotonic() - started)
 
-    venv_bin = tmp_path / "opt-venv" / "bin"
+
+@pytest.mark.slow
+def test_install_step_yields_working_console_script(installed: Installed) -> None:
     # Runs as the image would: from /, with HOME=/tmp-like, not importing the checkout.
-    run_env = {
-        "PATH": f"{venv_bin}{os.pathsep}/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    run_env = installed.run_env(installed.root)
     help_ = subprocess.run(
         ["metrics-server", "--help"],
         cwd="/",
@@ -260,13 +283,213 @@ def test_install_step_yields_working_console_script(stages: list[Stage], tmp_pat
     assert not missing, f"flags used by manifests/chart/docs but unknown to the CLI: {missing}"
     # The installed package is the wheel's copy, not the checkout.
     where = subprocess.run(
-        [str(venv_bin / "python"), "-c", "import metrics_server; print(metrics_server.__file__)"],
+        [
+            str(installed.venv / "bin" / "python"),
+            "-c",
+            "import metrics_server; print(metrics_server.__file__)",
+        ],
         cwd="/",
         env=run_env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    assert where.startswith(str(tmp_path / "opt-venv")), where
-    assert not list((tmp_path / "opt-venv").glob("**/site-packages/tests"))
-    print(f"install step took {elapsed:.1f}s")
+    assert where.startswith(str(installed.venv)), where
+    assert not list(installed.venv.glob("**/site-packages/tests"))
+    print(f"install step took {installed.elapsed:.1f}s")
+
+
+# -- read-only root filesystem ----------------------------------------------------------
+
+Snapshot = dict[str, tuple[int, int, int]]
+
+
+def snapshot(root: Path) -> Snapshot:
+    """Every path under root with its mode, size and mtime: any write shows up."""
+    out: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _chmod_tree(root: Path, writable: bool) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, ""]:
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode
+            path.chmod(mode | stat.S_IWUSR if writable else mode & ~0o222)
+
+
+def _read_only_mounts_work(probe: Path) -> bool:
+    """Whether this process may bind-mount a directory read-only in a private mount namespace
+    (root in most containers): then the test makes the paths read-only even for root."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("mount"):
+        return False
+    probe.mkdir()
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-ec",
+            _ro_script([probe]) + f"! touch {shlex.quote(str(probe / 'x'))} 2>/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.returncode == 0 and not (probe / "x").exists()
+
+
+def _ro_script(paths: list[Path]) -> str:
+    # `remount,bind,ro` changes only the new bind mount, inside the private namespace; a
+    # remount without `bind` would change the whole filesystem for everyone.
+    lines = []
+    for path in paths:
+        p = shlex.quote(str(path))
+        lines.append(f"mount --bind {p} {p}\nmount -o remount,bind,ro {p}\n")
+    return "".join(lines)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if needle in text:
+            return text
+        if proc.poll() is not None:
+            pytest.fail(f"server exited ({proc.returncode}) before {needle!r}:\n{text[-4000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"no {needle!r} within {timeout}s:\n{path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.mark.slow
+def test_server_runs_with_only_tmp_writable(installed: Installed, tmp_path: Path) -> None:
+    """The image's promise: read-only root filesystem, only /tmp (the emptyDir) writable.
+
+    The server runs from the installed venv with the manifests' flags (only --secure-port
+    and the paths moved), HOME, TMPDIR and the working directory in a fresh "emptyDir", and
+    a kubeconfig for an API server that is not there (--authentication-skip-lookup, so it
+    gets past start-up to generating and serving its self-signed certificate). As root with
+    mount namespaces (the usual case in CI containers), the venv, the base interpreter, the
+    kubeconfig and the checkout are bind-mounted read-only, which binds root too; otherwise
+    the venv is made read-only with chmod (root ignores that). Either way the venv must be
+    byte-for-byte unchanged afterwards and the emptyDir must hold the certificate and key
+    only.
+    """
+    emptydir = tmp_path / "tmp"
+    emptydir.mkdir(mode=0o1777)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    kubeconfig = etc / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "gone",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{_closed_port()}",
+                            "insecure-skip-tls-verify": True,
+                        },
+                    }
+                ],
+                "users": [{"name": "sa", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "sa"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    moved = {"--cert-dir": str(emptydir), "--secure-port": "0"}
+    args = [
+        f"{a.split('=')[0]}={moved[a.split('=')[0]]}" if a.split("=")[0] in moved else a
+        for a in ex.MANIFEST_ARGS
+    ]
+    assert f"--cert-dir={emptydir}" in args and "--secure-port=0" in args
+    argv = [
+        "metrics-server",
+        *args,
+        "--bind-address=127.0.0.1",
+        f"--kubeconfig={kubeconfig}",
+        "--authentication-skip-lookup",
+        "--shutdown-grace-period=1s",
+    ]
+    env = {**installed.run_env(emptydir), "TMPDIR": str(emptydir)}
+
+    before = snapshot(installed.venv)
+    assert any("__pycache__" in p for p in before)  # pip compiled the bytecode at install
+    _chmod_tree(installed.venv, writable=False)
+    ro_mounts = _read_only_mounts_work(tmp_path / "probe")
+    if ro_mounts:
+        read_only = [installed.venv, Path(sys.base_prefix).resolve(), etc, REPO]
+        command = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-ec",
+            _ro_script(read_only) + 'exec "$@"',
+            "sh",
+            *argv,
+        ]
+    else:
+        command = argv
+    log_path = tmp_path / "server.log"
+    try:
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                command, cwd=emptydir, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                text = _wait_for(log_path, "serving securely on", proc, timeout=60)
+                port = int(re.findall(r"serving securely on 127\.0\.0\.1 port (\d+)", text)[0])
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+                    ctx.wrap_socket(sock) as tls,
+                ):
+                    served = tls.getpeercert(binary_form=True)
+                    tls.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    answer = tls.recv(200)
+                assert answer.startswith(b"HTTP/1.1 "), answer
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 0, log_path.read_text()[-4000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        _chmod_tree(installed.venv, writable=True)
+    output = log_path.read_text()
+    assert "Read-only file system" not in output and "Permission denied" not in output, output
+
+    # The serving certificate went to --cert-dir, and nothing else was written there.
+    written = sorted(str(p.relative_to(emptydir)) for p in emptydir.rglob("*"))
+    assert written == ["apiserver.crt", "apiserver.key"], written
+    cert = x509.load_pem_x509_certificate((emptydir / "apiserver.crt").read_bytes())
+    assert cert.public_bytes(serialization.Encoding.DER) == served
+    # Nothing changed in the venv: no __pycache__, no state, no logs.
+    after = snapshot(installed.venv)
+    after_modes = {p: (m | stat.S_IWUSR, s, t) for p, (m, s, t) in after.items()}
+    before_modes = {p: (m | stat.S_IWUSR, s, t) for p, (m, s, t) in before.items()}
+    assert sorted(set(after) - set(before)) == [], "written into the venv"
+    assert after_modes == before_modes
+    print("read-only bind mounts" if ro_mounts else "chmod a-w only (no mount namespace)")
