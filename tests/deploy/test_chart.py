@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from tests.deploy import expectations as ex
 from tests.deploy.conftest import CHART, canonical, key, write_values
 from tests.deploy.crd_shapes import SHAPES, shape_errors
-from tests.deploy.k8s_schema import has_schema, schema_versions, validation_errors
+from tests.deploy.k8s_schema import (
+    OLDEST_SUPPORTED,
+    has_schema,
+    schema_versions,
+    validation_errors,
+)
 
 Render = Callable[..., list[dict[str, Any]]]
 
@@ -67,6 +72,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "tls": {"type": "existing-secret", "existingSecret": {"name": "my-tls"}},
         "apiService": {"caBundle": "PLACEHOLDER"},
     },
+    "api-service-verified": {
+        "apiService": {"insecureSkipTLSVerify": False, "caBundle": "PLACEHOLDER"}
+    },
+    "priority-class": {"priorityClassName": "metrics-critical"},
     "host-network": {"hostNetwork": {"enabled": True}, "containerPort": 4443},
     "service-monitor": {
         "metrics": {"enabled": True},
@@ -127,8 +136,9 @@ def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
 def rendered(helm_template: Render, ca_pem: str) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for name, values in CONFIGS.items():
-        if name == "tls-existing-secret-ca":
-            out[name] = helm_template({**values, "apiService": {"caBundle": ca_pem}})
+        api = values.get("apiService", {})
+        if api.get("caBundle") == "PLACEHOLDER":
+            out[name] = helm_template({**values, "apiService": {**api, "caBundle": ca_pem}})
         else:
             out[name] = helm_template(values)
     return out
@@ -359,6 +369,49 @@ def test_tls_existing_secret(rendered: dict[str, list[dict[str, Any]]], ca_pem: 
     assert _pem(api["spec"]["caBundle"]).decode() == ca_pem
 
 
+def test_api_service_verification_with_the_default_tls_type(
+    rendered: dict[str, list[dict[str, Any]]], ca_pem: str
+) -> None:
+    # tls.type=metrics-server with insecureSkipTLSVerify=false: the caBundle given is used
+    # (for a certificate of your own); without one the chart refuses (see
+    # test_invalid_values_fail_clearly), as the self-signed certificate cannot be verified.
+    api = ex.one(rendered["api-service-verified"], "APIService")
+    assert api["spec"]["insecureSkipTLSVerify"] is False
+    assert _pem(api["spec"]["caBundle"]).decode() == ca_pem
+    ex.check_apiservice(api, service="metrics-server", namespace="kube-system")
+    assert not ex.by_kind(rendered["api-service-verified"], "Secret")
+
+
+def test_priority_class_name(
+    rendered: dict[str, list[dict[str, Any]]], helm_template: Render
+) -> None:
+    def pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
+        return ex.one(objs, "Deployment")["spec"]["template"]["spec"]
+
+    assert pod(rendered["default"])["priorityClassName"] == "system-cluster-critical"
+    assert pod(rendered["priority-class"])["priorityClassName"] == "metrics-critical"
+    # Empty: no priority class at all (e.g. outside kube-system, where a ResourceQuota on
+    # system-cluster-critical may refuse the pod).
+    assert "priorityClassName" not in pod(helm_template({"priorityClassName": ""}))
+
+
+def test_kube_version_matches_what_is_validated(helm: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_SUPPORTED}.0-0"
+    assert schema_versions()[0] == str(OLDEST_SUPPORTED)
+    older = f"{OLDEST_SUPPORTED.major}.{OLDEST_SUPPORTED.minor - 1}.0"
+    for version, ok in ((f"{OLDEST_SUPPORTED}.0", True), (older, False)):
+        proc = subprocess.run(
+            [str(helm), "template", "metrics-server", str(CHART), "--kube-version", version],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (proc.returncode == 0) is ok, (version, proc.stderr)
+        if not ok:
+            assert "incompatible with Kubernetes" in proc.stderr, proc.stderr
+
+
 def test_upstream_tls_type_spellings_are_accepted(helm_template: Render) -> None:
     a = helm_template({"tls": {"type": "existingSecret", "existingSecret": {"name": "my-tls"}}})
     b = helm_template({"tls": {"type": "existing-secret", "existingSecret": {"name": "my-tls"}}})
@@ -449,6 +502,11 @@ def test_switches_off(rendered: dict[str, list[dict[str, Any]]]) -> None:
         ({"tls": {"type": "bogus"}}, "tls.type must be one of"),
         ({"tls": {"type": "existing-secret"}}, "tls.existingSecret.name is required"),
         ({"hostNetwork": {"enabled": True}}, "set containerPort to a free port"),
+        (
+            {"apiService": {"insecureSkipTLSVerify": False}},
+            "apiService.insecureSkipTLSVerify=false with tls.type=metrics-server needs "
+            "apiService.caBundle",
+        ),
         (
             {"podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": 1}},
             "only one of minAvailable and maxUnavailable",

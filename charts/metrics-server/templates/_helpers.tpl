@@ -156,7 +156,10 @@ The APIService's caBundle (base64), or nothing when the kube-apiserver cannot ve
 Checks on combinations of values that would render a broken release.
 */}}
 {{- define "metrics-server.validate" -}}
-{{- $_ := include "metrics-server.tlsType" . }}
+{{- $tlsType := include "metrics-server.tlsType" . }}
+{{- if and .Values.apiService.create (eq $tlsType "metrics-server") (not .Values.apiService.insecureSkipTLSVerify) (not .Values.apiService.caBundle) }}
+{{- fail "apiService.insecureSkipTLSVerify=false with tls.type=metrics-server needs apiService.caBundle: the certificate the server generates at start is signed by no CA the kube-apiserver knows, so every discovery check would fail. Use tls.type=helm or cert-manager, or mount your own certificate (extraVolumes, args --tls-cert-file/--tls-private-key-file) and set apiService.caBundle to its CA" }}
+{{- end }}
 {{- if and .Values.hostNetwork.enabled (eq (int .Values.containerPort) 10250) }}
 {{- fail "hostNetwork.enabled: the kubelet already listens on the node's port 10250; set containerPort to a free port (e.g. 4443)" }}
 {{- end }}
