@@ -14,6 +14,8 @@ worker_serve reduced to what we need (no QUIC, no insecure binds, no statsd), wi
   closes them the way it does at shutdown (idle ones at once, HTTP/1.1 after the response in
   flight, HTTP/2 with GOAWAY once idle), and clients such as the aggregator reconnect and
   present their certificate;
+* at most `max_connections` connections are served at once; one accepted beyond that is
+  closed at once, before its handshake (see `_ConnectionCap`);
 * each connection's `TCPServer` gets the app wrapped in `TLSScopeApp`, which holds that
   connection's `SSLStream` and adds the ASGI TLS extension to every http scope:
   `scope["extensions"]["tls"] = {"server_cert": None, "client_cert_chain": [PEM, ...],
@@ -28,6 +30,7 @@ import. Python 3.11's ssl exposes only the leaf certificate, so the chain holds 
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -39,7 +42,13 @@ from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ConnectionState, Scope
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    ConnectionState,
+    Scope,
+)
 from hypercorn.utils import ShutdownError, raise_shutdown, wrap_app
 
 from .tls import cipher_suite_id, tls_version_id
@@ -47,6 +56,8 @@ from .tls import cipher_suite_id, tls_version_id
 __all__ = ["TLSScopeApp", "serve_hypercorn", "tls_extension"]
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 def tls_extension(stream: trio.SSLStream[Any]) -> dict[str, Any]:
@@ -75,9 +86,10 @@ def tls_extension(stream: trio.SSLStream[Any]) -> dict[str, Any]:
 class TLSScopeApp:
     """Hypercorn AppWrapper for one connection: adds that connection's TLS facts to scopes."""
 
-    def __init__(self, app: Any, stream: trio.SSLStream[Any]) -> None:
+    def __init__(self, app: Any, stream: trio.SSLStream[Any], last_send_bound: float = 5.0) -> None:
         self.app = app
         self.stream = stream
+        self.last_send_bound = last_send_bound
         self._tls: dict[str, Any] | None = None
 
     async def __call__(
@@ -95,7 +107,33 @@ class TLSScopeApp:
             previous: dict[str, Any] = dict(cast(dict[str, Any], scope).get("extensions") or {})
             extensions = {**previous, "tls": dict(self._tls)}
             scope = cast(Scope, {**scope, "extensions": extensions})
+            send = _last_body_shielded(send, self.last_send_bound)
         await self.app(scope, receive, send, sync_spawn, call_soon)
+
+
+def _last_body_shielded(send: ASGISendCallable, bound: float) -> ASGISendCallable:
+    """`send`, shielded (for at most `bound` seconds) for the message that ends a response.
+
+    That message makes Hypercorn, still in the app's task, tell the app the stream is done
+    (http.disconnect) and then start the connection's keep-alive timer with `nursery.start`.
+    Quart-Trio cancels its own nursery on that disconnect, and a task started from a
+    cancelled scope quits before it is moved to its nursery (trio's `TaskStatus.started`),
+    so without the shield the timer never runs and an answered HTTP/1.1 or HTTP/2
+    connection stays open until read_timeout. What runs in the shield is short (the last
+    write, which Hypercorn shields anyway; the disconnect, which Quart is waiting for; the
+    timer's start); the bound, the graceful timeout, keeps a stuck one from holding up
+    shutdown for longer than a request in flight may.
+    """
+
+    async def send_shielding_the_last(message: ASGISendEvent) -> None:
+        fields = cast(dict[str, Any], message)
+        if fields["type"] == "http.response.body" and not fields.get("more_body", False):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + bound):
+                await send(message)
+        else:
+            await send(message)
+
+    return send_shielding_the_last
 
 
 class _Uncertified:
@@ -111,6 +149,47 @@ class _Uncertified:
             await retired.terminated.set()
 
 
+class _ConnectionCap:
+    """At most `limit` connections at once. One beyond that is refused, i.e. closed at once: a
+    queue would only keep more sockets open for whoever is flooding us, and the clients we
+    serve (the aggregator, probes) retry on a new connection. Logged when refusing starts and,
+    with its count, when it ends: once usage is back to three quarters of the limit, so a
+    server held at the limit does not log every connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = trio.CapacityLimiter(limit)
+        self._resume_at = limit - max(1, limit // 4)
+        self._refused = 0
+
+    def admit(self) -> bool:
+        """Take a slot for the current task (True), or count a refusal (False)."""
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            if self._refused == 0:
+                log.warning(
+                    "connection limit reached (%d open): closing new connections at once "
+                    "until some finish",
+                    self.limit,
+                )
+            self._refused += 1
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give back the current task's slot."""
+        self._slots.release()
+        if self._refused and self._slots.borrowed_tokens <= self._resume_at:
+            log.info(
+                "accepting connections again (%d open); %d refused at the limit of %d",
+                self._slots.borrowed_tokens,
+                self._refused,
+                self.limit,
+            )
+            self._refused = 0
+
+
 async def serve_hypercorn(
     app: ASGIApp,
     config: Config,
@@ -118,12 +197,14 @@ async def serve_hypercorn(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     client_ca_added: Callable[[], Awaitable[None]] | None = None,
+    max_connections: int = 1024,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the ASGI app on `listeners` until `shutdown_trigger` returns, then drain.
 
     `client_ca_added` returns each time a client CA becomes known after none was; connections
-    accepted without asking for a certificate are then asked to finish.
+    accepted without asking for a certificate are then asked to finish. Beyond
+    `max_connections` open at once, a newly accepted connection is closed at once.
 
     Shutdown, like Hypercorn's: stop accepting, tell connections to finish (keep-alive ends),
     cancel whatever is still running after `config.graceful_timeout`, then lifespan shutdown.
@@ -133,17 +214,31 @@ async def serve_hypercorn(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     uncertified = _Uncertified()
+    cap = _ConnectionCap(max_connections)
 
     async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        asked_for_cert = stream.context.verify_mode != ssl.CERT_NONE
-        server = TCPServer(
-            TLSScopeApp(wrapped, stream),
-            config,
-            context if asked_for_cert else uncertified.context,
-            ConnectionState(lifespan_state.copy()),
-            stream,
-        )
-        await server.run()
+        if not cap.admit():
+            # No handshake yet, so this closes the TCP socket (https_compatible: no
+            # close_notify); serve_listeners' own aclose_forcefully then finds it closed.
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            asked_for_cert = stream.context.verify_mode != ssl.CERT_NONE
+            server = TCPServer(
+                TLSScopeApp(wrapped, stream, config.graceful_timeout),
+                config,
+                context if asked_for_cert else uncertified.context,
+                ConnectionState(lifespan_state.copy()),
+                stream,
+            )
+            await server.run()
+        finally:
+            # Close before giving the slot back (TCPServer leaves the socket open when the
+            # handshake fails), so the count never undercounts open sockets.
+            try:
+                await trio.aclose_forcefully(stream)
+            finally:
+                cap.release()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

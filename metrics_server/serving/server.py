@@ -63,12 +63,32 @@ class ServingConfig:
     reload_interval: float = 3.0
     """How often certificate files and client CAs are checked for changes, seconds."""
     keep_alive_timeout: float = 60.0
-    """Idle keep-alive connections are closed after this many seconds."""
+    """A connection with no request in flight is closed this many seconds after its last
+    response (or after the handshake), however many bytes of a next request head it has sent:
+    this is also the deadline for a whole request head. kube-apiserver's aggregator keeps idle
+    connections for 90 s (client-go's IdleConnTimeout) and retries a GET on one we closed, so
+    a shorter server side is safe; shorter still would only cost it more handshakes."""
+    read_timeout: int = 60
+    """A connection that sends nothing for this many seconds is closed, whatever its state
+    (Hypercorn's trio worker puts this deadline on each socket read; our writes do not reset
+    it). It covers what keep-alive does not, a request in flight: a body that stops coming, a
+    response the client does not read. Not below keep_alive_timeout, or it would cut idle
+    keep-alive connections short. Legitimate requests are not cut: we have no watch or
+    streaming endpoints, answers take milliseconds, and Go's HTTP/2 clients (the aggregator)
+    send a PING after 30 s without a frame from us; an HTTP/1.1 request still unanswered after
+    60 s would also be ended by kube-apiserver's --request-timeout. Whole seconds, as
+    Hypercorn types it."""
     handshake_timeout: float = 10.0
     """A TLS handshake must finish within this many seconds."""
     max_header_bytes: int = 64 * 1024
     """Bound on request head size (h11 incomplete event size, h2 header list size)."""
     h2_max_concurrent_streams: int = 100
+    max_connections: int = 1024
+    """Connections open at once (from accept, so unfinished handshakes count); beyond that a
+    new connection is closed at once. Legitimate clients need a few dozen (the aggregator's
+    HTTP/2 connections per apiserver replica, probes, Prometheus). Measured on Hypercorn 0.18:
+    an idle TLS connection costs ~40 KiB, one holding a 64 KiB half-sent head ~230 KiB, so
+    1024 of the worst kind stay near 230 MiB, where 4096 would be ~0.9 GiB and an OOM kill."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.secure_port <= 65535:
@@ -77,6 +97,10 @@ class ServingConfig:
             raise ServingError("--tls-cert-file and --tls-private-key-file must be given together")
         if self.graceful_timeout < 0 or self.reload_interval <= 0:
             raise ServingError("graceful timeout and reload interval must be positive")
+        if min(self.keep_alive_timeout, self.read_timeout, self.handshake_timeout) <= 0:
+            raise ServingError("keep-alive, read and handshake timeouts must be positive")
+        if self.max_connections < 1:
+            raise ServingError(f"max_connections {self.max_connections} must be at least 1")
 
     def tls_options(self) -> TLSOptions:
         """Validate --tls-min-version and --tls-cipher-suites (ServingError naming the value)."""
@@ -87,6 +111,7 @@ def hypercorn_config(cfg: ServingConfig) -> Config:
     """Hypercorn settings; every field is set by attribute so a typo fails mypy, not silently."""
     hc = Config()
     hc.keep_alive_timeout = cfg.keep_alive_timeout
+    hc.read_timeout = cfg.read_timeout
     hc.graceful_timeout = cfg.graceful_timeout
     hc.ssl_handshake_timeout = cfg.handshake_timeout
     hc.h11_max_incomplete_size = cfg.max_header_bytes
@@ -159,7 +184,13 @@ async def serve(
         nursery.start_soon(contexts.run)
         try:
             await nursery.start(
-                _serve_then_stop, app, hc, listener, shutdown_trigger, nursery.cancel_scope
+                _serve_then_stop,
+                app,
+                hc,
+                listener,
+                shutdown_trigger,
+                nursery.cancel_scope,
+                config.max_connections,
             )
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -175,6 +206,7 @@ async def _serve_then_stop(
     listener: DynamicTLSListener,
     shutdown_trigger: Callable[[], Awaitable[None]],
     scope_to_cancel: trio.CancelScope,
+    max_connections: int,
     *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -185,6 +217,7 @@ async def _serve_then_stop(
             [listener],
             shutdown_trigger=shutdown_trigger,
             client_ca_added=listener.contexts.wait_client_ca_added,
+            max_connections=max_connections,
             task_status=task_status,
         )
     finally:
