@@ -8,21 +8,29 @@ loop and every failing case is reported at once.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trio
 
+from metrics_server import daemon as daemon_mod
 from metrics_server.daemon import Daemon
 from metrics_server.simulator import Cluster, ClusterConfig, open_cluster
 from tests.faults._observe import API_DEADLINE, PREFIX
-from tests.faults._raw import RawAnswer, exchange, open_tls, request
+from tests.faults._raw import RawAnswer, exchange, open_tls, parse, request
 from tests.harness import direct_client, running_daemon
 
 TEST_DEADLINE = 30
@@ -53,8 +61,8 @@ class Server:
         assert r.status_code == 200, r.text
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
+@asynccontextmanager
+async def open_server(tmp_path: Path) -> AsyncIterator[Server]:
     config = ClusterConfig(nodes=2, pods_per_node=3, kubelet_refresh=0.5)
     # Bounds start-up and teardown too; each test has its own, shorter deadline inside.
     with trio.fail_after(TEST_DEADLINE * 2):
@@ -65,6 +73,73 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         ):
             ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
             yield Server(cluster, d, client, ctx)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with open_server(tmp_path) as s:
+        yield s
+
+
+def serving_with(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
+    """Have the daemon serve with these ServingConfig fields changed (no flag sets them)."""
+    built: Callable[..., Any] = daemon_mod.serving_config
+
+    def changed(*args: Any) -> Any:
+        return dataclasses.replace(built(*args), **changes)
+
+    monkeypatch.setattr(daemon_mod, "serving_config", changed)
+
+
+async def seconds_until_closed(stream: trio.abc.ReceiveStream) -> float:
+    """How long until the server closes `stream` (whatever it sends first is dropped)."""
+    began = trio.current_time()
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except trio.BrokenResourceError:
+        pass  # a reset is a close too
+    return trio.current_time() - began
+
+
+async def h2_answer(server: Server, path: str) -> tuple[trio.SSLStream[trio.SocketStream], int]:
+    """One GET over a new HTTP/2 connection, answered; the connection is left open."""
+    ctx = ssl.create_default_context(cafile=str(server.cluster.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    stream = await open_tls(server.port, ctx)
+    try:
+        assert stream.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        headers = [
+            (":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"),
+            (":path", path), ("authorization", f"Bearer {server.token}"),
+        ]
+        conn.send_headers(1, headers, end_stream=True)
+        await stream.send_all(conn.data_to_send())
+        status = 0
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, "closed before the answer"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.StreamEnded):
+                    await stream.send_all(conn.data_to_send())
+                    return stream, status
+            await stream.send_all(conn.data_to_send())
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+async def answer_on(stream: trio.abc.Stream, data: bytes) -> RawAnswer:
+    """Send one `request()` (Connection: close) on an open stream, read until the close."""
+    await stream.send_all(data)
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return parse(received)
 
 
 def status_problem(status: int, body: bytes, allowed: tuple[int, ...] = ()) -> str | None:
@@ -341,3 +416,127 @@ async def test_idle_and_half_sent_connections_do_not_starve_the_server(server: S
             for resource in held:
                 await trio.aclose_forcefully(resource)
     assert max(took) < API_DEADLINE, took
+
+
+KEEP_ALIVE, READ_TIMEOUT, HANDSHAKE = 1.0, 3, 1.0
+
+
+async def test_idle_and_half_sent_connections_are_closed_by_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With short timeouts the server itself ends every kind of stalled connection: idle ones,
+    before or after an answer (HTTP/1.1 and HTTP/2), heads that never end (trickling does not
+    extend the deadline: keep-alive runs from the last answer, whatever arrives), handshakes
+    never started; each after its own timeout, not before. A body that never comes is
+    answered and closed at once (the request cannot complete)."""
+    serving_with(
+        monkeypatch,
+        keep_alive_timeout=KEEP_ALIVE,
+        read_timeout=READ_TIMEOUT,
+        handshake_timeout=HANDSHAKE,
+    )
+    half = f"GET {PREFIX}/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()
+    took: dict[str, float] = {}
+    async with open_server(tmp_path) as server:
+        port, ctx = server.port, server.ctx
+        with trio.fail_after(TEST_DEADLINE):
+            idle = await open_tls(port, ctx)
+            after_answer = await open_tls(port, ctx)
+            head = await open_tls(port, ctx)
+            await head.send_all(half)
+            trickle = await open_tls(port, ctx)
+            await trickle.send_all(half)
+            no_tls = await trio.open_tcp_stream("127.0.0.1", port)
+            body = await open_tls(port, ctx)
+            await body.send_all(
+                request(f"{PREFIX}/nodes", "POST", headers="Content-Length: 1000\r\n")
+                .replace(b"Connection: close\r\n", b"")
+            )
+            await after_answer.send_all(
+                request(f"{PREFIX}/nodes", token=server.token).replace(
+                    b"Connection: close", b"Connection: keep-alive"
+                )
+            )
+            over_h2, status = await h2_answer(server, f"{PREFIX}/nodes")
+            assert status == 200
+            streams: dict[str, trio.abc.Stream] = {
+                "idle after the handshake": idle,
+                "idle after an answer": after_answer,
+                "idle after an answer, HTTP/2": over_h2,
+                "a head that never ends": head,
+                "a head trickled byte by byte": trickle,
+                "no TLS handshake": no_tls,
+                "a body that never comes": body,
+            }
+
+            async def watch(case: str, stream: trio.abc.Stream) -> None:
+                with trio.move_on_after(READ_TIMEOUT + 2):
+                    took[case] = await seconds_until_closed(stream)
+
+            async def keep_trickling() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while True:
+                        await trio.sleep(0.2)
+                        await trickle.send_all(b"x")
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keep_trickling)
+                    async with trio.open_nursery() as watchers:
+                        for case, stream in streams.items():
+                            watchers.start_soon(watch, case, stream)
+                    nursery.cancel_scope.cancel()
+            finally:
+                for stream in streams.values():
+                    await trio.aclose_forcefully(stream)
+            await server.still_answers()
+    never = [case for case in streams if case not in took]
+    assert not never, f"still open after {READ_TIMEOUT + 2}s: {never}; closed: {took}"
+    del took["a body that never comes"]
+    # Keep-alive (from the last answer) and the handshake timeout close these, well before
+    # the read timeout would: that one is only the backstop.
+    wrong = {case: t for case, t in took.items() if not KEEP_ALIVE * 0.8 < t < READ_TIMEOUT * 0.9}
+    assert not wrong, f"not closed between {KEEP_ALIVE} and {READ_TIMEOUT}s: {wrong}"
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the connection cap a new connection is closed at once (not queued, not left to the
+    handshake timeout), while connections already open keep being served; a freed slot is
+    usable at once."""
+    cap = 6
+    serving_with(monkeypatch, max_connections=cap)
+    held: list[trio.abc.AsyncResource] = []
+    async with open_server(tmp_path) as server:
+        port, ctx = server.port, server.ctx
+        with trio.fail_after(TEST_DEADLINE):
+            try:
+                existing = await open_tls(port, ctx)
+                held.append(existing)
+                refusals: list[float] = []
+                while len(refusals) < 5 and len(held) <= cap:
+                    began = trio.current_time()
+                    try:
+                        held.append(await open_tls(port, ctx))
+                    except (trio.BrokenResourceError, ssl.SSLError):
+                        refusals.append(trio.current_time() - began)
+                # Other clients (the aggregator) may hold a slot too, so only a bound.
+                assert 2 <= len(held) <= cap, len(held)
+                assert len(refusals) == 5, f"{len(held)} connections open, cap {cap}"
+                assert max(refusals) < 1.0, refusals  # handshake_timeout would be 10 s
+                answer = await answer_on(existing, request(f"{PREFIX}/nodes", token=server.token))
+                assert answer.status == 200, answer
+                # Free a slot (the one just answered is closed too): a new client gets in.
+                await trio.aclose_forcefully(held.pop())
+                while True:
+                    try:
+                        fresh = await server.raw(request(f"{PREFIX}/nodes", token=server.token))
+                    except (trio.BrokenResourceError, ssl.SSLError):
+                        await trio.sleep(0.05)  # the server has not seen the close yet
+                        continue
+                    break
+                assert fresh.status == 200, fresh
+            finally:
+                for resource in held:
+                    await trio.aclose_forcefully(resource)
