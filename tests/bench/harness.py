@@ -310,17 +310,24 @@ async def measure_metrics_server(
     pids = [ms.pid, *sim_pids]
     try:
         async with client(url, workdir / "pki", connections=4) as http:
-            # Start-up: process start until the node list holds every node.
-            with trio.fail_after(STARTUP_TIMEOUT):
+            # Start-up: process start until the node list holds every node. A server that
+            # never gets there is still measured, so a saturated size yields figures too.
+            served = 0
+            with trio.move_on_after(args.startup_timeout) as startup:
                 while True:
                     asked = time.monotonic()
-                    if len(await _served_nodes(http)) >= size.nodes:
+                    served = len(await _served_nodes(http))
+                    if served >= size.nodes:
                         break
                     if ms.returncode is not None:
                         raise RuntimeError(f"metrics server exited: see {ms_log.name}")
                     # A list of 5,000 nodes is not free: keep our polling under ~20% of it.
                     await trio.sleep(max(NODE_POLL, 4 * (time.monotonic() - asked)))
-            result["startup_s"] = time.monotonic() - t0
+            result["startup_s"] = None if startup.cancelled_caught else time.monotonic() - t0
+            result["startup_served_nodes"] = served
+            if startup.cancelled_caught:
+                print(f"   start-up: {served}/{size.nodes} nodes served after "
+                      f"{args.startup_timeout:g} s; measuring anyway", flush=True)
             # CPU both sides spent getting there: near 2 × startup_s the machine is the limit.
             result["startup_cpu_s"] = cpu_seconds(ms.pid)
             result["startup_sim_cpu_s"] = sum(cpu_seconds(p) for p in sim_pids) - sim_cpu0
@@ -516,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kubelet-refresh", type=float, default=1.0)
     p.add_argument("--kubelet-processes", type=int, default=0,
                    help="simulator processes serving kubelets (default: 1 + nodes // 2000)")
+    p.add_argument("--startup-timeout", type=float, default=STARTUP_TIMEOUT,
+                   help="seconds to wait for every node to be served before measuring anyway")
     p.add_argument("--warmup", type=float, default=30.0,
                    help="seconds after start before measuring (default 30)")
     p.add_argument("--window", type=float, default=60.0,
@@ -554,7 +563,10 @@ def check(results: list[dict[str, Any]], recorded_path: Path, factor: float = 3.
             got, want = r["summary"].get(key), ref["summary"].get(key)
             if got is not None and want and got > factor * max(want, 0.0):
                 problems.append(f"{r['nodes']} nodes: {key} {got:.4f} > {factor}x {want:.4f}")
-        if r["startup_s"] > factor * ref["startup_s"] + 5:
+        if r["startup_s"] is None:
+            problems.append(f"{r['nodes']} nodes: only {r['startup_served_nodes']} served "
+                            f"when the start-up limit ran out")
+        elif ref.get("startup_s") and r["startup_s"] > factor * ref["startup_s"] + 5:
             problems.append(f"{r['nodes']} nodes: start-up {r['startup_s']:.1f}s "
                             f"> {factor}x {ref['startup_s']:.1f}s")
         if r["idle"]["scrapes_per_node_per_period"] < 0.9:
