@@ -14,6 +14,7 @@ FROM python:3.12.12-slim-bookworm AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     WHEEL_DIR=/tmp/wheels
@@ -23,10 +24,11 @@ COPY pyproject.toml README.m[d] ./
 COPY metrics_server ./metrics_server
 
 # install-step: the wheel is built with pip's isolated build (setuptools is fetched for
-# the build only); the venv gets the wheel, its dependencies and nothing else.
-RUN python -m venv "$VIRTUAL_ENV" \
-    && "$VIRTUAL_ENV/bin/pip" wheel --no-cache-dir --no-deps --wheel-dir "$WHEEL_DIR" . \
-    && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir "$WHEEL_DIR"/*.whl \
+# the build only); the venv is created without pip and the builder's own pip installs into
+# it (--python), so the venv gets the wheel, its dependencies and nothing else.
+RUN python -m venv --without-pip "$VIRTUAL_ENV" \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir "$WHEEL_DIR" . \
+    && python -m pip --python "$VIRTUAL_ENV/bin/python" install --no-cache-dir "$WHEEL_DIR"/*.whl \
     && "$VIRTUAL_ENV/bin/metrics-server" --help >/dev/null
 
 # ---- final: the Python runtime plus the venv, nothing else ---------------------------

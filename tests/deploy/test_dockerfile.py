@@ -167,7 +167,10 @@ def _install_step(builder: Stage) -> str:
     (step,) = [
         i for i in builder.all("RUN") if any(c.startswith("install-step") for c in i.comments)
     ]
-    assert 'pip" wheel' in step.args and 'pip" install' in step.args
+    assert "python -m venv --without-pip " in step.args
+    assert (
+        "pip wheel " in step.args and 'pip --python "$VIRTUAL_ENV/bin/python" install ' in step.args
+    )
     return step.args
 
 
@@ -296,6 +299,11 @@ def test_install_step_yields_working_console_script(installed: Installed) -> Non
     ).stdout.strip()
     assert where.startswith(str(installed.venv)), where
     assert not list(installed.venv.glob("**/site-packages/tests"))
+    # No installer in the venv: neither pip nor setuptools (the build's are not kept).
+    site = list(installed.venv.glob("lib/python3*/site-packages"))
+    assert len(site) == 1, site
+    assert not [p.name for p in site[0].iterdir() if p.name.startswith(("pip", "setuptools"))]
+    assert not list((installed.venv / "bin").glob("pip*"))
     print(f"install step took {installed.elapsed:.1f}s")
 
 
