@@ -83,6 +83,15 @@ def test_internal_links_resolve() -> None:
     assert links <= anchors, sorted(links - anchors)
 
 
+def test_readme_points_at_install_build_and_troubleshooting() -> None:
+    readme = (REPO / "README.md").read_text()
+    anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", DOC, flags=re.MULTILINE)}
+    links = re.findall(r"\]\(docs/install\.md(?:#([\w-]+))?\)", readme)
+    assert "build-the-image" in links and "" in links, links
+    assert {a for a in links if a} <= anchors
+    assert "docker build -t" in readme and "troubleshooting" in readme
+
+
 def test_troubleshooting_covers_the_known_failure_modes() -> None:
     for needle in (
         "kubectl get apiservice v1beta1.metrics.k8s.io -o yaml",
