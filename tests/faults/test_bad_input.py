@@ -318,7 +318,7 @@ async def test_invalid_namespaces_list_nothing_and_get_404(server: Server) -> No
     report(problems)
 
 
-METHODS = ["POST", "PUT", "PATCH", "DELETE", "TRACE", "PROPFIND", "MKCOL", "FOO"]
+METHODS = ["POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT", "PROPFIND", "MKCOL", "FOO"]
 ROUTES = [
     f"{PREFIX}/nodes", f"{PREFIX}/nodes/node-0", f"{PREFIX}/pods",
     f"{PREFIX}/namespaces/default/pods", f"{PREFIX}/namespaces/default/pods/x", PREFIX,
@@ -339,6 +339,62 @@ async def test_every_other_method_is_405_status(server: Server) -> None:
             get, head = await server.client.get(path), await server.client.head(path)
             if head.status_code != get.status_code or head.content:
                 problems[f"HEAD {path}"] = f"{head.status_code} vs GET {get.status_code}"
+    report(problems)
+
+
+async def test_connect_opens_no_tunnel(server: Server) -> None:
+    """CONNECT in authority form (what a proxy client sends) is a Status 4xx like any other
+    path we do not have; the origin form is the 405 above. Nobody gets a 200 and a tunnel."""
+    problems = {}
+    with trio.fail_after(TEST_DEADLINE):
+        for who, token in (("admin", server.token), ("anonymous", None)):
+            for target in ("127.0.0.1:443", f"127.0.0.1:{server.port}", "kubernetes:443"):
+                answer = await server.raw(request(target, "CONNECT", token=token))
+                if answer.status is None:
+                    problems[f"{who} {target}"] = f"no answer: {answer.error}"
+                elif (why := status_problem(answer.status, answer.body)) is not None:
+                    problems[f"{who} {target}"] = why
+        await server.still_answers()
+    report(problems)
+
+
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
+UNKNOWN_PATHS = [
+    "/foo", "/foo/bar/baz", "/apis/foo", "/apis/foo/v1", "/apis/metrics.k8s.io/v1",
+    "/apis/metrics.k8s.io/v2", "/apis/metrics.k8s.io/v1beta2/nodes", "/api", "/api/v1",
+    "/api/v1/pods", "/api/v1/nodes", "/api/v1/namespaces/default/pods",
+    f"{PREFIX}/foo", f"{PREFIX}/namespaces/default/foo", f"{PREFIX}/nodes/node-0/x",
+    f"{PREFIX}/namespaces", "/openapi/v4", "/version/x", "/metrics/x",
+]
+# Health checks that do not exist: a 404, in text like the health answers themselves (and
+# like upstream, whose mux answers them "404 page not found").
+UNKNOWN_CHECKS = ["/healthz/nope", "/readyz/nope", "/livez/nope"]
+
+
+async def test_unknown_paths_are_404_status(server: Server) -> None:
+    """A path we do not serve is a NotFound Status for whoever may ask for it; users who may
+    not (anonymous, or a user without rights on a resource path) get Forbidden first, as
+    kube-apiserver authorizes before routing. Never a 200, a 5xx or a non-Status body."""
+    problems = {}
+    with trio.fail_after(TEST_DEADLINE):
+        for who, token in (
+            ("admin", server.token),
+            ("nobody", server.cluster.nobody_token),
+            ("anonymous", None),
+        ):
+            expected = (404,) if who == "admin" else (403, 404)
+            for path in UNKNOWN_PATHS + UNKNOWN_CHECKS:
+                answer = await server.raw(request(path, token=token))
+                case = f"{who} {path}"
+                text_ok = (404,) if path in UNKNOWN_CHECKS else ()
+                if answer.status not in expected:
+                    problems[case] = f"status {answer.status}: {answer.body[:160]!r}"
+                elif (why := status_problem(answer.status, answer.body, text_ok)) is not None:
+                    problems[case] = why
+                elif answer.status in text_ok:
+                    continue
+                elif (reason := answer.json()["reason"]) != REASONS[answer.status]:
+                    problems[case] = f"reason {reason} with code {answer.status}"
     report(problems)
 
 
