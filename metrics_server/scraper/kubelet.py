@@ -177,7 +177,8 @@ def _map_error(
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
-        detail = cause.verify_message or str(cause)
+        # OpenSSL's sentences end with a full stop; ours continue after a semicolon.
+        detail = (cause.verify_message or str(cause)).rstrip(".")
         host = url.split("//", 1)[1].rsplit(":", 1)[0]
         if "IP address mismatch" in detail:
             return ScrapeError(
