@@ -115,7 +115,7 @@ class Daemon:
         return self.store.counts()
 
     def scrape_tasks_alive(self) -> int:
-        return sum(1 for s in self.manager.nodes.values() if not s.done.is_set())
+        return self.manager.tasks_alive()
 
     def pods_known(self) -> int:
         return len(self.pods)

@@ -210,7 +210,8 @@ class _LiveCollector:
         yield points
         yield GaugeMetricFamily(
             "metrics_server_scrape_tasks",
-            "Node scrape tasks running (one per selected node).",
+            "Node scrape tasks running: one per selected node, plus those of removed "
+            "nodes that have not exited yet.",
             value=live.scrape_tasks_alive(),
         )
         yield GaugeMetricFamily(

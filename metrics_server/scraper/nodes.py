@@ -48,6 +48,10 @@ ResultHook = Callable[[str, float, ScrapeError | None], None]
 """Called after each scrape with (node, seconds taken, error or None)."""
 
 
+TASK_PREFIX = "scrape:"
+"""The name of every node's scrape task starts with this, then the node name."""
+
+
 @dataclass(slots=True)
 class NodeState:
     """What the manager knows about one node's task."""
@@ -60,6 +64,7 @@ class NodeState:
     scrapes: int = 0
     failures: int = 0
     done: trio.Event = field(default_factory=trio.Event)
+    """Set as the task exits, after its connection is closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +139,15 @@ class ScrapeManager:
             return
         state = NodeState(info=info)
         self._nodes[name] = state
-        self._nursery.start_soon(self._run_node, state, name=f"scrape:{name}")
+        self._nursery.start_soon(self._run_node, state, name=TASK_PREFIX + name)
+
+    def tasks_alive(self) -> int:
+        """Scrape tasks trio still runs, including those of deleted nodes that have not
+        finished yet: `nodes` forgets a node when its task is cancelled, not when it exits,
+        so counting it would hide a task that never does."""
+        if self._nursery is None:
+            return 0
+        return sum(1 for t in self._nursery.child_tasks if t.name.startswith(TASK_PREFIX))
 
     def phase(self, name: str) -> float:
         """This node's offset in [0, resolution), stable for a name."""
@@ -177,9 +190,9 @@ class ScrapeManager:
                     await trio.sleep_until(next_at)
                     ok = await self._scrape_once(state, client)
         finally:
-            state.done.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await client.aclose()
+            state.done.set()
 
     async def _scrape_once(self, state: NodeState, client: httpx.AsyncClient) -> bool:
         info = state.info

@@ -1,12 +1,22 @@
-"""Self-metrics exposition: upstream's help, buckets and series; node series go with the node."""
+"""Self-metrics exposition: upstream's help, buckets and series; node series go with the node;
+the scrape-task gauge counts the tasks that really run."""
 
 from __future__ import annotations
 
 import resource
+import time
+from typing import cast
 
+import httpx
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics_server.scraper.kubelet import ScrapeError
+from metrics_server.cli import parse_options
+from metrics_server.daemon import Daemon
+from metrics_server.kube.cache import NodeCache, PodCache
+from metrics_server.models import NodeInfo
+from metrics_server.scraper.kubelet import KubeletResponse, KubeletTransport, ScrapeError
+from metrics_server.scraper.nodes import ScrapeManager, ScrapeSettings
 from metrics_server.selfmetrics import (
     DEFAULT_BUCKETS,
     SelfMetrics,
@@ -14,6 +24,7 @@ from metrics_server.selfmetrics import (
     freshness_buckets,
     tick_buckets,
 )
+from metrics_server.storage.store import MetricsStore
 
 
 def families(m: SelfMetrics) -> dict[str, object]:
@@ -95,3 +106,86 @@ def test_forget_node_removes_its_series() -> None:
     assert text.count('metrics_server_scrape_failures_total{node="keep"') == 2
     # Cluster-wide series stay.
     assert 'metrics_server_kubelet_request_total{success="false"} 4.0' in text
+
+
+# -- metrics_server_scrape_tasks counts the tasks trio runs, not the nodes -------------------
+
+NODE_TEXT = (
+    b"node_cpu_usage_seconds_total 357.35491 1633253809720\n"
+    b"node_memory_working_set_bytes 1.616273408e+09 1633253809720\n"
+)
+
+
+class _Kubelet:
+    """Stands in for KubeletTransport: answers at once, except for the nodes in `hold`,
+    whose scrape ignores cancellation until `release` is set (a task that will not end)."""
+
+    def __init__(self, *hold: str) -> None:
+        self.hold = set(hold)
+        self.holding = trio.Event()
+        self.release = trio.Event()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient()
+
+    async def scrape(
+        self, client: httpx.AsyncClient, node: str, url: str, server_name: str | None
+    ) -> KubeletResponse:
+        if node in self.hold:
+            self.holding.set()
+            with trio.CancelScope(shield=True):
+                await self.release.wait()
+        return KubeletResponse(body=NODE_TEXT, request_time=time.time_ns())
+
+
+def _info(name: str) -> NodeInfo:
+    return NodeInfo(name, {}, (("InternalIP", "10.0.0.1"),), 10250)
+
+
+def _scrape_tasks(m: SelfMetrics) -> float:
+    samples = families(m)["metrics_server_scrape_tasks"].samples  # type: ignore[attr-defined]
+    return float(samples[0].value)
+
+
+async def test_scrape_tasks_gauge_drops_only_once_a_task_has_exited(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    kubelet = _Kubelet("stuck")
+    store = MetricsStore(10 * 10**9)
+    settings = ScrapeSettings(10.0, ("InternalIP",), 10250, False, False)
+    manager = ScrapeManager(settings, cast(KubeletTransport, kubelet), store)
+    d = Daemon(
+        options=parse_options([]), store=store, nodes=NodeCache(), pods=PodCache(), manager=manager
+    )
+    m = SelfMetrics(10.0)
+    m.bind(d)
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(manager.run)
+                for name in ("a", "b", "stuck"):
+                    manager.on_node(name, _info(name))
+                await kubelet.holding.wait()
+                assert _scrape_tasks(m) == len(manager.nodes) == 3
+
+                # Removed: forgotten at once, counted until its task has really finished.
+                a = manager.nodes["a"]
+                manager.on_node("a", None)
+                assert "a" not in manager.nodes and _scrape_tasks(m) == 3
+                await a.done.wait()
+                # `done` is the task's last act: nothing of it runs after this wakes us.
+                assert _scrape_tasks(m) == len(manager.nodes) == 2
+
+                # A task that does not end stays visible, however long it takes.
+                stuck = manager.nodes["stuck"]
+                manager.on_node("stuck", None)
+                await trio.sleep(600)
+                assert len(manager.nodes) == 1 and not stuck.done.is_set()
+                assert _scrape_tasks(m) == 2
+                kubelet.release.set()
+                await stuck.done.wait()
+                assert _scrape_tasks(m) == len(manager.nodes) == 1
+            finally:
+                kubelet.release.set()  # a failed assertion must not leave it hanging
+            nursery.cancel_scope.cancel()
+    assert _scrape_tasks(m) == 0
