@@ -157,6 +157,9 @@ class Daemon:
             return None
         return _not_listed("node", self.node_watch)
 
+    def check_pod_watch_running(self) -> str | None:
+        return None if self.pod_watch.running else "the pod watch has stopped"
+
     def check_pod_sync(self) -> str | None:
         if self.pod_watch.synced:
             return None
@@ -204,7 +207,15 @@ class Daemon:
         # synchronous, so a stuck stderr would block this handler too: nothing to report.
         logs = HealthCheck("log", lambda: None)
         pod_sync = HealthCheck("metadata-informer-sync", self.check_pod_sync)
-        live = [ping, logs, HealthCheck("metric-collection-timely", self.check_timely), pod_sync]
+        # Liveness asks only that the pod watch is still trying: an unreachable apiserver
+        # must make us unready, not restart us (a restart can't bring it back).
+        pod_watch_alive = HealthCheck("metadata-informer-sync", self.check_pod_watch_running)
+        live = [
+            ping,
+            logs,
+            HealthCheck("metric-collection-timely", self.check_timely),
+            pod_watch_alive,
+        ]
         ready = [
             ping,
             logs,

@@ -84,6 +84,8 @@ class WatchStats:
 
     synced: bool = False
     synced_event: trio.Event = field(default_factory=trio.Event)
+    running: bool = False
+    """True while `run_watch` is looping (listing, watching or backing off)."""
     restarts: int = 0
     last_error: str = ""
     last_event_time: float = 0.0
@@ -100,6 +102,22 @@ async def run_watch(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep `sink` in step with the apiserver forever; `started()` after the first list."""
+    stats.running = True
+    try:
+        await _run(client, spec, sink, stats, on_restart, on_change, task_status)
+    finally:
+        stats.running = False
+
+
+async def _run(
+    client: httpx.AsyncClient,
+    spec: WatchSpec,
+    sink: Sink,
+    stats: WatchStats,
+    on_restart: Callable[[str], None] | None,
+    on_change: Callable[[], None] | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
     attempt = 0
     started = False
     resource_version = ""

@@ -364,6 +364,7 @@ async def _kubelet_scenario(
         nodes.replace_compact([_node_info(n) for n in handlers])
         for stats in (d.node_watch, d.pod_watch):
             stats.synced = True
+            stats.running = True  # as if run_watch had listed and were watching
             stats.synced_event.set()
         await d.reported.wait()
         out.readyz = d.health()["readyz"].evaluate(verbose=True)[1]

@@ -16,7 +16,7 @@ import logging
 import pytest
 
 from tests.faults._apiserver_matrix import DOWN_SECONDS, ApiserverRun, Window
-from tests.faults._observe import API_DEADLINE, known_bug
+from tests.faults._observe import API_DEADLINE
 
 RESOLUTION = 10.0
 SCHEDULE_SLACK = 1.5
@@ -189,10 +189,6 @@ def test_apiserver_down_at_start(apiserver_run: ApiserverRun) -> None:
     _assert_logged_once_per_state_change(apiserver_run, result.started, result.ended, 1)
 
 
-@known_bug(
-    "livez includes metadata-informer-sync (SPEC §6), which fails until the pod list "
-    "arrives, so an apiserver down at start fails liveness too (upstream's passes)"
-)
 def test_apiserver_down_at_start_is_still_live(apiserver_run: ApiserverRun) -> None:
     """Not ready, but alive: restarting the pod would not bring the apiserver back."""
     result = apiserver_run.down_at_start
