@@ -449,6 +449,7 @@ async def run(
         stack = build_auth_stack(
             auth_config(options), authn_client, authorization_client=authz_client
         )
+        stack.watcher.on_failure = selfmetrics.auth_config_lookup_failure
         await root.start(stack.run)
         # The request log is outermost so that rejected requests are logged too.
         secured = RequestLog(stack.middleware(cast(ASGIApp, app)))

@@ -134,6 +134,13 @@ class SelfMetrics:
             ["resource", "reason"],
             registry=r,
         )
+        self.auth_config_lookup_failures = Counter(
+            "metrics_server_authentication_config_lookup_failures_total",
+            "Failed reads and watches of kube-system/extension-apiserver-authentication by "
+            "reason (timeout, connection, http_403, http_500, ..., invalid).",
+            ["reason"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         r.register(_LiveCollector(self))
         self._live: LiveState | None = None
@@ -163,6 +170,9 @@ class SelfMetrics:
 
     def watch_restart(self, resource: str, reason: str) -> None:
         self.watch_restarts.labels(resource, reason).inc()
+
+    def auth_config_lookup_failure(self, reason: str) -> None:
+        self.auth_config_lookup_failures.labels(reason).inc()
 
     def observe_freshness(self, seconds: float) -> None:
         self.freshness.observe(seconds)

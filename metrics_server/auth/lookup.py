@@ -12,6 +12,10 @@ ConfigMap. Upstream semantics (k8s.io/apiserver options/authentication.go):
   stays off (logged as a warning);
 * afterwards the ConfigMap is kept current by list + watch, reconnecting with backoff forever.
 
+Every failed read or watch is reported to `on_failure` with a short reason (the daemon
+counts them in /metrics); the log follows the state: one warning when reading starts to
+fail, debug lines while it keeps failing, one INFO line once it is readable again.
+
 The httpx client is given to us already configured (base URL, CA, credentials).
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -41,8 +45,34 @@ _BACKOFF = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
 _MAX_BACKOFF = 30.0
 
 
+_WHERE = f"configmap/{CONFIGMAP_NAME} in {CONFIGMAP_NAMESPACE}"
+
+FailureHook = Callable[[str], None]
+"""Called with the reason of each failed read or watch: timeout, connection, http_<status>
+or invalid."""
+
+
 class _Gone(Exception):
     """The watch's resourceVersion is too old (410); relist."""
+
+
+class _Failure(AuthLookupError):
+    """A read or watch failed; `reason` is the short label for /metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The /metrics label for what went wrong reading or watching the ConfigMap."""
+    if isinstance(exc, _Failure):
+        return exc.reason
+    if isinstance(exc, (trio.TooSlowError, httpx.TimeoutException)):
+        return "timeout"
+    if isinstance(exc, httpx.HTTPError):
+        return "connection"
+    return "invalid"
 
 
 def _json_strings(data: Mapping[str, str], key: str) -> tuple[str, ...]:
@@ -96,11 +126,16 @@ class ConfigMapWatcher:
         *,
         request_timeout: float = 10.0,
         watch_inactivity_timeout: float = 330.0,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.client = client
         self.sources = sources
         self.request_timeout = request_timeout
         self.watch_inactivity_timeout = watch_inactivity_timeout
+        self.on_failure = on_failure
+        """Set before `run` starts (the daemon counts failures in /metrics)."""
+        self._failing = False
+        self._request_header_dropped = False
         cfg = sources.config
         self.want_client_ca = not cfg.client_ca_file and not cfg.authentication_skip_lookup
         self.want_request_header = (
@@ -130,33 +165,28 @@ class ConfigMapWatcher:
             with trio.fail_after(self.request_timeout):
                 resp = await self.client.get(_LIST_PATH, params={"fieldSelector": _FIELD_SELECTOR})
         except trio.TooSlowError as exc:
-            raise AuthLookupError(
-                f"reading configmap/{CONFIGMAP_NAME} in {CONFIGMAP_NAMESPACE} timed out "
-                f"after {self.request_timeout:g}s"
+            raise _Failure(
+                "timeout", f"reading {_WHERE} timed out after {self.request_timeout:g}s"
             ) from exc
         except httpx.HTTPError as exc:
-            raise AuthLookupError(
-                f"reading configmap/{CONFIGMAP_NAME} in {CONFIGMAP_NAMESPACE} failed: {exc}"
-            ) from exc
+            raise _Failure(failure_reason(exc), f"reading {_WHERE} failed: {exc}") from exc
         if resp.status_code == 403:
-            raise AuthLookupError(
-                f"unable to get configmap/{CONFIGMAP_NAME} in {CONFIGMAP_NAMESPACE} "
+            raise _Failure(
+                "http_403",
+                f"unable to get {_WHERE} "
                 "(403 Forbidden). Usually fixed by 'kubectl create rolebinding -n "
                 f"{CONFIGMAP_NAMESPACE} ROLEBINDING_NAME "
                 "--role=extension-apiserver-authentication-reader "
-                "--serviceaccount=YOUR_NS:YOUR_SA'"
+                "--serviceaccount=YOUR_NS:YOUR_SA'",
             )
         if resp.status_code != 200:
-            raise AuthLookupError(
-                f"reading configmap/{CONFIGMAP_NAME} in {CONFIGMAP_NAMESPACE}: "
-                f"HTTP {resp.status_code}"
-            )
+            raise _Failure(f"http_{resp.status_code}", f"reading {_WHERE}: HTTP {resp.status_code}")
         try:
             body = resp.json()
             items = body.get("items") or []
             rv = str((body.get("metadata") or {}).get("resourceVersion", ""))
         except (ValueError, AttributeError) as exc:
-            raise AuthLookupError(f"configmap list reply is not a list: {exc}") from exc
+            raise _Failure("invalid", f"configmap list reply is not a list: {exc}") from exc
         for item in items:
             if (item.get("metadata") or {}).get("name") == CONFIGMAP_NAME:
                 return item, rv
@@ -179,25 +209,57 @@ class ConfigMapWatcher:
             obj, _ = await self._list()
             self._apply(obj)
         except (AuthLookupError, AuthConfigError) as exc:
+            self._count(exc)
             if not self.want_request_header:
                 # Upstream looks up only the request-header half synchronously; the client
                 # CA controller just retries in the background.
+                self._failing = True
                 log.warning("client CA lookup failed, will retry: %s", exc)
                 return
             if not self.sources.config.authentication_tolerate_lookup_failure:
                 raise AuthLookupError(
                     f"unable to load configmap based request-header-client-ca-file: {exc}"
                 ) from exc
-            log.warning("Error looking up in-cluster authentication configuration: %s", exc)
+            # Upstream's three warnings, as one line: it is one event.
+            self._failing = True
             log.warning(
+                "Error looking up in-cluster authentication configuration: %s. "
                 "Continuing without authentication configuration. "
-                "This may treat all requests as anonymous."
-            )
-            log.warning(
+                "This may treat all requests as anonymous. "
                 "To require authentication configuration lookup to succeed, "
-                "set --authentication-tolerate-lookup-failure=false"
+                "set --authentication-tolerate-lookup-failure=false",
+                exc,
             )
             self.want_request_header = False
+            self._request_header_dropped = True
+
+    def _count(self, exc: BaseException) -> None:
+        if self.on_failure is not None:
+            self.on_failure(failure_reason(exc))
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        """One failed attempt of the watch loop: counted always, a warning only the first
+        time in a row."""
+        self._count(exc)
+        if self._failing:
+            log.debug("%s still unreadable (retrying in %gs): %s", _WHERE, delay, exc)
+            return
+        self._failing = True
+        log.warning("configmap watch failed (retrying in %gs): %s", delay, exc)
+
+    def _readable(self) -> None:
+        if not self._failing:
+            return
+        self._failing = False
+        if self._request_header_dropped:
+            # Upstream reads the request-header half once, at start-up.
+            log.info(
+                "%s is readable again; request-header authentication stays off until "
+                "restart (it is read at start-up only)",
+                _WHERE,
+            )
+        else:
+            log.info("%s is readable again", _WHERE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Initial lookup, then list+watch forever (this routine never ends gracefully)."""
@@ -210,16 +272,20 @@ class ConfigMapWatcher:
             try:
                 obj, rv = await self._list()
                 self._apply(obj)
+                self._readable()
                 failures = 0
                 while True:
                     rv = await self._watch(rv)
             except _Gone:
-                log.info("configmap watch expired, relisting")
+                log.log(
+                    logging.DEBUG if self._failing else logging.INFO,
+                    "configmap watch expired, relisting",
+                )
                 continue
             except (AuthLookupError, AuthConfigError, httpx.HTTPError, trio.TooSlowError) as exc:
                 delay = _BACKOFF[failures] if failures < len(_BACKOFF) else _MAX_BACKOFF
                 failures += 1
-                log.warning("configmap watch failed (retrying in %gs): %s", delay, exc)
+                self._failed(exc, delay)
                 await trio.sleep(delay)
 
     async def _watch(self, rv: str) -> str:
@@ -238,7 +304,9 @@ class ConfigMapWatcher:
             if resp.status_code == 410:
                 raise _Gone
             if resp.status_code != 200:
-                raise AuthLookupError(f"configmap watch: HTTP {resp.status_code}")
+                raise _Failure(
+                    f"http_{resp.status_code}", f"configmap watch: HTTP {resp.status_code}"
+                )
             lines = resp.aiter_lines().__aiter__()
             while True:
                 # A silent watch is a dead watch: bound the wait for each line.
@@ -256,11 +324,13 @@ class ConfigMapWatcher:
             kind = event["type"]
             obj = event["object"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise AuthLookupError(f"malformed watch event: {exc}") from exc
+            raise _Failure("invalid", f"malformed watch event: {exc}") from exc
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone
-            raise AuthLookupError(f"watch error: {obj.get('message', '')}")
+            code = obj.get("code")
+            reason = f"http_{code}" if isinstance(code, int) else "invalid"
+            raise _Failure(reason, f"watch error: {obj.get('message', '')}")
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion", rv))
         if kind in ("ADDED", "MODIFIED"):
             self._apply(obj)

@@ -108,6 +108,25 @@ def test_forget_node_removes_its_series() -> None:
     assert 'metrics_server_kubelet_request_total{success="false"} 4.0' in text
 
 
+def test_authentication_config_lookup_failures_are_counted_by_reason() -> None:
+    m = SelfMetrics(10.0)
+    name = "metrics_server_authentication_config_lookup_failures"
+    family = families(m)[name]
+    assert family.type == "counter" and family.samples == []  # type: ignore[attr-defined]
+    # Ours, not upstream's: no stability prefix.
+    assert "extension-apiserver-authentication" in family.documentation  # type: ignore[attr-defined]
+    assert not family.documentation.startswith("[ALPHA]")  # type: ignore[attr-defined]
+    for reason in ("http_403", "http_403", "timeout"):
+        m.auth_config_lookup_failure(reason)
+    counted = {
+        s.labels["reason"]: s.value
+        for s in families(m)[name].samples  # type: ignore[attr-defined]
+        if s.name.endswith("_total")
+    }
+    assert counted == {"http_403": 2.0, "timeout": 1.0}
+    text = m.render()[0].decode()
+    assert f'{name}_total{{reason="http_403"}} 2.0' in text
+
 # -- metrics_server_scrape_tasks counts the tasks trio runs, not the nodes -------------------
 
 NODE_TEXT = (
