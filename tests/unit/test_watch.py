@@ -101,9 +101,12 @@ async def test_list_watch_resume_relist_and_keep_cache(autojump_clock: trio.abc.
             )
         )
         assert stats.synced
+        assert stats.running
         with trio.fail_after(600):
             await server.final_watch.wait()
+        assert stats.running  # through the 410 relist and the failed list's backoff
         nursery.cancel_scope.cancel()
+    assert not stats.running  # what livez's metadata-informer-sync reads
     assert sorted(p.name for p in cache.all_sorted()) == ["a", "b", "c"]
     # 410 → relist; failed relist (500) → backoff and retry; the cache was never emptied.
     assert restarts == ["expired", "error"]
