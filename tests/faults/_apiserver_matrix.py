@@ -257,7 +257,12 @@ async def _down_at_start(cluster: Cluster, workdir: Path, result: DownAtStart) -
         up = trio.current_time()
         cluster.apiserver_up()
         with trio.move_on_after(MARKER_LIMIT):
-            await d.ready.wait()
+            # Ready as /readyz sees it: metrics to serve and both lists in. The pod watch
+            # may still be in a longer backoff step when the first scrape makes the store
+            # ready, so `d.ready` alone would race it.
+            await d.wait_for(
+                lambda: d.ready.is_set() and d.node_watch.synced and d.pod_watch.synced
+            )
             result.ready_after_up = trio.current_time() - up
         result.readyz_after = (await probe.get("/readyz")).status_code
         result.stats_restarts = {"nodes": d.node_watch.restarts, "pods": d.pod_watch.restarts}
