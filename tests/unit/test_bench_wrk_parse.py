@@ -41,4 +41,4 @@ def test_script_rotates_paths_and_thinks() -> None:
     script = wrk_script(["/a?x=1", "/b"], "tok", 20)
     assert '"/a?x=1",\n  "/b"' in script
     assert 'wrk.headers["Authorization"] = "Bearer tok"' in script
-    assert "return 20" in script
+    assert "math.log(1 - math.random()) * 20" in script  # exponential, mean 20 ms
