@@ -20,10 +20,8 @@ VmHWM) before and after it; a fault that made the daemon hold on to data would s
 
 from __future__ import annotations
 
-import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from tests.faults._observe import (
     ApiProbe,
     LogRecords,
     ScrapeLog,
+    debug_logs,
     rss_kib,
     watch_restarts,
 )
@@ -270,21 +269,9 @@ async def _down_at_start(cluster: Cluster, workdir: Path, result: DownAtStart) -
     result.ended = trio.current_time()
 
 
-@contextmanager
-def _watch_debug_logs() -> Iterator[None]:
-    """Let the watch's debug lines through to the collector for as long as the matrix runs."""
-    logger = logging.getLogger("metrics_server.kube.watch")
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
-
-
 async def run_apiserver_matrix(workdir: Path, logs: LogRecords) -> ApiserverRun:
     config = ClusterConfig(nodes=3, pods_per_node=4, kubelet_refresh=0.5)
-    with trio.fail_after(150), _watch_debug_logs():
+    with trio.fail_after(150), debug_logs("metrics_server.kube.watch"):
         run = ApiserverRun(logs=logs)
         async with open_cluster(config) as cluster:
             ctx = ssl.create_default_context(cafile=str(cluster.ca_file))

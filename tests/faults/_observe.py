@@ -5,28 +5,29 @@ answers and their latency, self-metrics and memory. Tests assert on the records 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
 import trio
 
 from metrics_server.daemon import Daemon
 
 PREFIX = "/apis/metrics.k8s.io/v1beta1"
 
-KNOWN_BUGS = bool(os.environ.get("MS_KNOWN_BUGS"))
-
-
-def known_bug(reason: str) -> pytest.MarkDecorator:
-    """A test that fails until a reported bug outside tests/ is fixed: skipped by default,
-    run (and failing) with MS_KNOWN_BUGS=1."""
-    return pytest.mark.skipif(
-        not KNOWN_BUGS, reason=f"known bug (MS_KNOWN_BUGS=1 runs it): {reason}"
-    )
+@contextmanager
+def debug_logs(name: str) -> Iterator[None]:
+    """Let one logger's debug lines through to the collector while the block runs."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 API_DEADLINE = 1.0

@@ -13,8 +13,6 @@ import logging
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.faults._observe import (
     ApiProbe,
     LogRecords,
     ScrapeLog,
+    debug_logs,
     series,
 )
 from tests.harness import apiserver_client, daemon_argv, direct_client, running_daemon
@@ -48,17 +47,6 @@ async def _lookup_failures(client: httpx.AsyncClient) -> dict[str, float]:
 
 def _lookup_lines(logs: LogRecords, level: int) -> list[str]:
     return [m for _, lvl, name, m in logs.records if name == LOOKUP_LOGGER and lvl == level]
-
-
-@contextmanager
-def _lookup_debug_logs() -> Iterator[None]:
-    logger = logging.getLogger(LOOKUP_LOGGER)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 def _small_cluster() -> ClusterConfig:
@@ -179,7 +167,7 @@ async def test_configmap_unreadable_while_running(tmp_path: Path) -> None:
     scraping nor the API notices."""
     config = ClusterConfig(nodes=2, pods_per_node=2, kubelet_refresh=0.5)
     scrapes, api, aggregated = ScrapeLog(), ApiProbe(), ApiProbe()
-    with LogRecords() as logs, _lookup_debug_logs(), trio.fail_after(60):
+    with LogRecords() as logs, debug_logs(LOOKUP_LOGGER), trio.fail_after(60):
         async with (
             open_cluster(config) as cluster,
             running_daemon(cluster, tmp_path) as d,

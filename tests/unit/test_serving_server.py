@@ -16,6 +16,7 @@ import trio
 
 from metrics_server.serving import ServingConfig, ServingError, serve
 from metrics_server.serving.server import hypercorn_config
+from tests.faults import _raw as raw
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -119,15 +120,7 @@ async def body_reading_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def open_tls(port: int, certs: Path) -> trio.SSLStream[trio.SocketStream]:
-    ctx = ssl.create_default_context(cafile=str(certs / "apiserver.crt"))
-    raw = await trio.open_tcp_stream("127.0.0.1", port)
-    stream = trio.SSLStream(raw, ctx, server_hostname="127.0.0.1", https_compatible=True)
-    try:
-        await stream.do_handshake()
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    return stream
+    return await raw.open_tls(port, ssl.create_default_context(cafile=str(certs / "apiserver.crt")))
 
 
 async def read_until_closed(stream: trio.SSLStream[trio.SocketStream]) -> bytes:
