@@ -36,13 +36,13 @@ from urllib.parse import quote
 import trio
 
 from tests.bench.harness import (
-    SIM_READY_TIMEOUT,
     STARTUP_TIMEOUT,
     _served_nodes,
     cpu_seconds,
     free_port,
     metrics_server_argv,
     stop,
+    wait_for_simulator,
 )
 from tests.bench.load import client
 
@@ -162,11 +162,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     results = []
     try:
-        with trio.fail_after(SIM_READY_TIMEOUT):
-            while not (workdir / "workloads.json").exists():
-                if sim.returncode is not None:
-                    raise RuntimeError(f"simulator exited: see {workdir / 'sim.log'}")
-                await trio.sleep(0.2)
+        await wait_for_simulator(sim, workdir)
         paths = hpa_paths(json.loads((workdir / "workloads.json").read_text()), 64)
         script = workdir / "hpa.lua"
         script.write_text(wrk_script(paths, admin_token(workdir), args.think_ms))

@@ -152,6 +152,15 @@ async def stop(process: trio.Process) -> None:
             await process.wait()
 
 
+async def wait_for_simulator(sim: trio.Process, workdir: Path) -> None:
+    """Until the simulator has built its world (it writes workloads.json last)."""
+    with trio.fail_after(SIM_READY_TIMEOUT):
+        while not (workdir / "workloads.json").exists():
+            if sim.returncode is not None:
+                raise RuntimeError(f"simulator exited: see {workdir / 'sim.log'}")
+            await trio.sleep(0.2)
+
+
 def metrics_server_argv(workdir: Path, port: int, resolution: str) -> list[str]:
     pki = workdir / "pki"
     kubeconfig = str(workdir / "metrics-server.kubeconfig")
@@ -264,11 +273,7 @@ async def measure_size(
     sim = await trio.lowlevel.open_process(sim_argv, stdout=sim_log, stderr=subprocess.STDOUT)
     results = []
     try:
-        with trio.fail_after(SIM_READY_TIMEOUT):
-            while not (workdir / "workloads.json").exists():
-                if sim.returncode is not None:
-                    raise RuntimeError(f"simulator exited: see {workdir / 'sim.log'}")
-                await trio.sleep(0.2)
+        await wait_for_simulator(sim, workdir)
         sim_start = time.monotonic() - sim_started
         sim_pids = process_tree(sim.pid)
         for variant, src in args.variants:
