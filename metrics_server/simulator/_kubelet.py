@@ -74,6 +74,24 @@ def _head(code: int, content_type: str, length: int, close: bool = False) -> byt
     ).encode()
 
 
+GO_BODY_BUFFER = 4096
+"""Go's net/http sets Content-Length only when the whole body fits its 4 KiB buffer;
+past that, the answer is chunked, one chunk per buffer."""
+
+
+def _gzip_answer(body: bytes) -> bytes:
+    """A 200 with a gzipped body framed as a kubelet (Go, promhttp) frames it."""
+    head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: {_PROM}\r\n"
+    if len(body) <= GO_BODY_BUFFER:
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    parts = [f"{head}Transfer-Encoding: chunked\r\n\r\n".encode()]
+    for i in range(0, len(body), GO_BODY_BUFFER):
+        piece = body[i : i + GO_BODY_BUFFER]
+        parts += [f"{len(piece):x}\r\n".encode(), piece, b"\r\n"]
+    parts.append(b"0\r\n\r\n")
+    return b"".join(parts)
+
+
 async def _read_head(
     stream: trio.SSLStream[trio.SocketStream], buf: bytearray
 ) -> tuple[str, str, dict[bytes, bytes], bool] | None:
@@ -267,6 +285,8 @@ class FakeKubelet:
                 await self._send(tls, data[i : i + fault.chunk])
                 await trio.sleep(fault.interval)
             return True
+        if b"gzip" in headers.get(b"accept-encoding", b"").lower():
+            return await self._send(tls, _gzip_answer(self._world.kubelet_body_gzip(self.name)))
         return await self._send(tls, _head(200, _PROM, len(body)) + body)
 
     def _authenticated(self, headers: dict[bytes, bytes], has_cert: bool) -> bool:
