@@ -7,9 +7,11 @@ where we know the usual cause, a hint at the fix.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -17,6 +19,7 @@ import trio
 
 from metrics_server.cli import KubeletOptions
 from metrics_server.kube.credentials import BearerAuth, ClusterAccess, CredentialsError
+from metrics_server.scraper.connection import KubeletConnection
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A kubelet with 250 pods of 10 containers sends ~2 MB; anything past this is broken."""
@@ -82,21 +85,19 @@ class KubeletTransport:
         """A client holding at most one keep-alive connection (one per node)."""
         timeout = self._options.request_timeout / 1e9
         return httpx.AsyncClient(
-            verify=self._ssl,
+            transport=KubeletConnection(self._ssl),
             auth=self._auth,
-            # No keep-alive expiry: httpx's default (5 s) is shorter than any resolution, so
-            # every scrape would pay a new TLS handshake. A connection the kubelet closed is
-            # noticed when taken from the pool and replaced.
-            limits=httpx.Limits(
-                max_connections=1, max_keepalive_connections=1, keepalive_expiry=None
-            ),
-            # The caller's trio deadline bounds the whole request; the read/write/pool
-            # timeouts are a backstop. Connecting gets its own, earlier timeout: httpcore
-            # closes the TCP socket when the TLS handshake fails with an exception, but not
-            # when it is cancelled, so a kubelet that accepts and never completes the
-            # handshake would leave a socket to the garbage collector on every scrape.
+            # The caller's trio deadline bounds the whole request; the read timeout is a
+            # backstop. Connecting gets its own, earlier timeout, so that a kubelet that
+            # accepts and never completes the handshake is reported as such.
             timeout=httpx.Timeout(timeout + 1, connect=max(timeout / 2, timeout - CONNECT_MARGIN)),
-            headers={"User-Agent": "metrics-server-py", "Accept": "text/plain"},
+            # gzip as Go's client asks for it: a kubelet's answer shrinks ~13x (42 KB to 3 KB
+            # for 30 pods), and inflating it costs less than decrypting the difference.
+            headers={
+                "User-Agent": "metrics-server-py",
+                "Accept": "text/plain",
+                "Accept-Encoding": "gzip",
+            },
             follow_redirects=False,
             trust_env=False,
         )
@@ -129,7 +130,11 @@ class KubeletTransport:
 
 async def _read_capped(response: httpx.Response, node: str) -> bytes:
     if response.status_code != 200:
-        snippet = (await _read_some(response, 300)).decode("utf-8", "replace").strip()
+        raw = await _read_some(response, 300)
+        if response.headers.get("content-encoding", "").strip().lower() == "gzip":
+            with contextlib.suppress(zlib.error):  # else the raw bytes are still worth showing
+                raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, 300)
+        snippet = raw.decode("utf-8", "replace").strip()
         hint = ""
         if response.status_code in (401, 403):
             hint = (
@@ -148,9 +153,25 @@ async def _read_capped(response: httpx.Response, node: str) -> bytes:
             f"node {node}: kubelet announced {int(length)} bytes, over the "
             f"{MAX_BODY_BYTES} byte limit",
         )
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise ScrapeError(
+            "protocol",
+            f"node {node}: kubelet answered with Content-Encoding {encoding!r}; "
+            "only gzip and identity are understood",
+        )
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     parts: list[bytes] = []
     size = 0
     async for chunk in response.aiter_raw():
+        if inflate is not None:
+            try:
+                # At most one byte past the cap: a gzip bomb never expands in memory.
+                chunk = inflate.decompress(chunk, MAX_BODY_BYTES - size + 1)  # noqa: PLW2901
+            except zlib.error as exc:
+                raise ScrapeError(
+                    "protocol", f"node {node}: kubelet sent a corrupt gzip body: {exc}"
+                ) from exc
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ScrapeError(
@@ -158,6 +179,8 @@ async def _read_capped(response: httpx.Response, node: str) -> bytes:
                 f"node {node}: kubelet body exceeds the {MAX_BODY_BYTES} byte limit",
             )
         parts.append(chunk)
+    if inflate is not None and not inflate.eof:
+        raise ScrapeError("protocol", f"node {node}: kubelet's gzip body ends before its end")
     return b"".join(parts)
 
 
@@ -217,6 +240,8 @@ def _map_error(
         )
     if isinstance(exc, httpx.TimeoutException):
         return ScrapeError("timeout", f"node {node}: {url} timed out: {type(exc).__name__}")
+    if isinstance(exc, httpx.RemoteProtocolError) and "closed" not in str(exc):
+        return ScrapeError("protocol", f"node {node}: kubelet answer is not valid HTTP/1.1: {exc}")
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         return ScrapeError(
             "protocol",
