@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SECOND = 1e9
 TIMELY_FACTOR = 1.5
+POD_LIST_HEAD_START = 30.0
+"""Seconds the first scrapes wait for the pod list at most (see `pods_first`)."""
 """metric-collection-timely fails when a node's last collection started longer ago than
 this many resolutions (upstream's factor)."""
 
@@ -407,6 +409,7 @@ async def run(
     nodes, pods = NodeCache(), PodCache()
     selfmetrics = SelfMetrics(resolution)
     transport = KubeletTransport(options.kubelet, access.cluster)
+    scrapes_may_start = trio.Event()
     manager = ScrapeManager(
         ScrapeSettings(
             resolution=resolution,
@@ -419,6 +422,7 @@ async def run(
         store,
         on_result=lambda node, seconds, error: _after_scrape(node, seconds, error),  # noqa: PLW0108
         on_node_gone=selfmetrics.forget_node,
+        first_scrape_gate=scrapes_may_start,
     )
     daemon = Daemon(options=options, store=store, nodes=nodes, pods=pods, manager=manager)
     selfmetrics.bind(daemon)
@@ -484,6 +488,13 @@ async def run(
             root.start_soon(
                 _watch, client, spec, sink, stats, daemon, selfmetrics, name=f"watch:{spec.name}"
             )
+        root.start_soon(
+            pods_first,
+            daemon.pod_watch.synced_event,
+            scrapes_may_start,
+            POD_LIST_HEAD_START,
+            name="pods-first",
+        )
         root.start_soon(_startup_report, daemon, name="startup-report")
         if handle_signals:  # we own the process (not a test running us in its own)
             root.start_soon(_settle_heap, daemon, name="settle-heap")
@@ -502,6 +513,26 @@ async def run(
             await daemon.serving_done.wait()
         root.cancel_scope.cancel()
     log_kv(log, logging.INFO, "Stopped")
+
+
+async def pods_first(pods_synced: trio.Event, release: trio.Event, limit: float) -> None:
+    """Hold the first scrapes until the pod list is in (at most `limit` seconds).
+
+    Pod metrics need the pod cache as much as two scrapes. On one event loop, thousands of
+    first scrapes (each a TLS handshake) would run beside the pod list and starve it: at
+    5,000 nodes its 300 pages waited minutes for turns. The list alone takes seconds, and
+    start-up is CPU-bound either way, so the order costs node metrics almost nothing. An
+    apiserver that fails the pod list must not stop node metrics, hence the limit."""
+    with trio.move_on_after(limit) as waited:
+        await pods_synced.wait()
+    if waited.cancelled_caught:
+        log_kv(
+            log,
+            logging.WARNING,
+            "Pod list not synced yet; scraping nodes anyway",
+            waited=format_go_duration(int(limit * SECOND)),
+        )
+    release.set()
 
 
 async def _stop_after_delay(daemon: Daemon, delay: float) -> None:

@@ -88,8 +88,11 @@ class ScrapeManager:
         *,
         on_result: ResultHook | None = None,
         on_node_gone: Callable[[str], None] | None = None,
+        first_scrape_gate: trio.Event | None = None,
     ) -> None:
         self._settings = settings
+        self._gate = first_scrape_gate
+        """When given, node tasks wait for it before their first scrape."""
         self._transport = transport
         self._sink = sink
         self._on_result = on_result
@@ -167,6 +170,8 @@ class ScrapeManager:
         try:
             with state.scope:
                 quick = 0
+                if self._gate is not None:
+                    await self._gate.wait()
                 # The first scrape opens the connection that later ones keep alive.
                 async with self._connecting:
                     ok = await self._scrape_once(state, client)
