@@ -8,8 +8,10 @@ away, so a cluster with churn does not grow /metrics forever (upstream keeps the
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import resource
+import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +24,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -114,12 +117,12 @@ class SelfMetrics:
             buckets=tick_buckets(resolution),
             registry=r,
         )
-        self.freshness = Histogram(
+        self.freshness = BulkHistogram(
             "metrics_server_api_metric_freshness_seconds",
             ALPHA + "Freshness of metrics exported",
-            buckets=freshness_buckets(),
-            registry=r,
+            freshness_buckets(),
         )
+        r.register(self.freshness)
         self.scrape_failures = Counter(
             "metrics_server_scrape_failures_total",
             "Failed kubelet scrapes by node and reason (timeout, connect, tls_no_ip_san, "
@@ -174,8 +177,9 @@ class SelfMetrics:
     def auth_config_lookup_failure(self, reason: str) -> None:
         self.auth_config_lookup_failures.labels(reason).inc()
 
-    def observe_freshness(self, seconds: float) -> None:
-        self.freshness.observe(seconds)
+    def observe_freshness(self, ages: list[float]) -> None:
+        """The ages, in seconds, of every object one API answer served."""
+        self.freshness.observe_many(ages)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE
@@ -187,6 +191,46 @@ class LiveState(Protocol):
     def storage_points(self) -> tuple[int, int]: ...
     def scrape_tasks_alive(self) -> int: ...
     def pods_known(self) -> int: ...
+
+
+class BulkHistogram:
+    """A histogram fed a batch of observations at a time.
+
+    The freshness histogram observes one value per served object, 150,000 for a cluster-wide
+    pod list at 5,000 nodes; prometheus_client's Histogram takes a lock and walks the bucket
+    list per value (13 % of such a request's time in a py-spy profile). Here a batch costs
+    one lock and a bisect per value. Exposition is the same as a Histogram's.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._doc = documentation
+        self._bounds = list(buckets)
+        self._counts = [0] * (len(buckets) + 1)
+        """Per bucket, not cumulative; the last is above the largest bound (+Inf)."""
+        self._sum = 0.0
+        self._lock = threading.Lock()  # /metrics may be rendered while a batch is counted
+
+    def observe_many(self, values: list[float]) -> None:
+        if not values:
+            return
+        counts, bounds, where = self._counts, self._bounds, bisect.bisect_left
+        with self._lock:
+            for value in values:
+                counts[where(bounds, value)] += 1  # `le`: a value equal to a bound is in it
+            self._sum += sum(values)
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
+            running += count
+            cumulative.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(self._name, self._doc, buckets=cumulative, sum_value=total)
 
 
 class _LiveCollector:

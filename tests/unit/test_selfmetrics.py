@@ -9,6 +9,7 @@ from typing import cast
 
 import httpx
 import trio
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics_server.cli import parse_options
@@ -19,6 +20,7 @@ from metrics_server.scraper.kubelet import KubeletResponse, KubeletTransport, Sc
 from metrics_server.scraper.nodes import ScrapeManager, ScrapeSettings
 from metrics_server.selfmetrics import (
     DEFAULT_BUCKETS,
+    BulkHistogram,
     SelfMetrics,
     exponential_buckets,
     freshness_buckets,
@@ -58,7 +60,7 @@ def test_exposition_matches_upstream_and_has_no_created_series() -> None:
     m = SelfMetrics(60.0)
     m.observe_scrape("n1", 0.2, None)
     m.observe_scrape("n2", 0.3, ScrapeError("timeout", "node n2: timed out"))
-    m.observe_freshness(2.0)
+    m.observe_freshness([2.0])
     text = m.render()[0].decode()
     assert "_created" not in text
     fams = families(m)
@@ -208,3 +210,22 @@ async def test_scrape_tasks_gauge_drops_only_once_a_task_has_exited(
                 kubelet.release.set()  # a failed assertion must not leave it hanging
             nursery.cancel_scope.cancel()
     assert _scrape_tasks(m) == 0
+
+
+def test_bulk_histogram_exposes_what_a_histogram_would() -> None:
+    """Freshness is counted a batch at a time; the text must equal prometheus_client's own
+    Histogram fed the same values one by one, bounds (`le` is inclusive) and +Inf included."""
+    SelfMetrics(15.0)  # as in the daemon: no `_created` series on prometheus_client's side
+    buckets = freshness_buckets()
+    values = [0.0, 0.5, 1.0, buckets[3], buckets[3] + 1e-9, 17.2, 15.0, 1e6, 2.0, 2.0]
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram("fresh_seconds", "doc", buckets=buckets, registry=theirs_registry)
+    ours = BulkHistogram("fresh_seconds", "doc", buckets)
+    ours_registry.register(ours)
+    for v in values:
+        theirs.observe(v)
+    ours.observe_many(values[:4])
+    ours.observe_many([])
+    ours.observe_many(values[4:])
+    assert generate_latest(ours_registry) == generate_latest(theirs_registry)
+    assert b'fresh_seconds_bucket{le="+Inf"} 10.0' in generate_latest(ours_registry)
