@@ -308,9 +308,11 @@ async def measure_metrics_server(
     ms_log = (workdir / f"metrics-server-{result['variant']}.log").open("wb")
     sim_cpu0 = sum(cpu_seconds(p) for p in sim_pids)
     t0 = time.monotonic()
+    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: without
+    # cwd=src the "older checkout" would silently be this one.
     ms = await trio.lowlevel.open_process(
         metrics_server_argv(workdir, port, args.resolution),
-        stdout=ms_log, stderr=subprocess.STDOUT, env=env,
+        stdout=ms_log, stderr=subprocess.STDOUT, env=env, cwd=src or None,
     )
     pids = [ms.pid, *sim_pids]
     try:
