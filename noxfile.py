@@ -36,7 +36,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Decoder micro-benchmark, then the whole-process benchmark (tests/bench/harness.py).
+    """Decoder, encoder and kubelet-client micro-benchmarks, then the whole-process benchmark
+    (tests/bench/harness.py).
 
     Arguments after `--` go to the harness, e.g. `nox -s bench -- --sizes 0x0,5000x30
     --json docs/bench-results.json`. Default: 0x0 (baseline), 100x70, 1000x30.
@@ -44,6 +45,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]", *PINNED)
     session.run("python", "tests/bench/bench_decode.py")
     session.run("python", "tests/bench/bench_encode.py")
+    session.run("python", "-m", "tests.bench.bench_client", "--nodes", "100", "--rounds", "20")
     session.run("python", "-m", "tests.bench.harness", *session.posargs)
 
 

@@ -225,8 +225,8 @@ def test_health_checks_table_names_every_check(rendered: dict[str, ft.Rendered])
 
 def test_sizing_quotes_the_benchmarks() -> None:
     text = DOC[DOC.index("## Sizing") : DOC.index("## Troubleshooting")]
-    assert "0.16 MiB per node" in text and "0.2 mCPU per node" in text
-    for figure in ("81.2", "0.155", "0.33", "205.5", "33.5", "114.5", "235.8"):
+    assert "0.12 MiB per node" in text and "0.16 mCPU per node" in text
+    for figure in ("80.6", "0.122", "0.115", "166.5", "27.0", "103.9", "202.5", "658.0"):
         assert figure in text, figure
         assert figure in BENCHMARKS, f"{figure} is not (any more) in docs/BENCHMARKS.md"
     assert "| 1,000 |" in text and "| 5,000 |" in text
