@@ -110,14 +110,12 @@ class KubeletConnection(httpx.AsyncBaseTransport):
                     await stream.do_handshake()
                 except trio.BrokenResourceError as exc:
                     raise httpx.ConnectError(str(exc.__cause__ or exc)) from exc
-        except trio.TooSlowError as exc:
+        except BaseException as exc:
+            # Timed out, cancelled or failed half-way: the socket must not wait for the GC.
             if sock is not None:
                 await trio.aclose_forcefully(sock)
-            raise httpx.ConnectTimeout("TCP connect or TLS handshake timed out") from exc
-        except BaseException:
-            # Cancelled or failed half-way: the socket must not wait for the GC.
-            if sock is not None:
-                await trio.aclose_forcefully(sock)
+            if isinstance(exc, trio.TooSlowError):
+                raise httpx.ConnectTimeout("TCP connect or TLS handshake timed out") from exc
             raise
         self._stream = stream
         self._peer = (host, port, server_name)
